@@ -1,0 +1,42 @@
+# headhub: two commands on a fresh machine — `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-sqlite lint format migration bench clean
+
+$(STAMP): pyproject.toml $(wildcard setup.py)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test,distill]"
+	touch $(STAMP)
+
+## Install and run the whole service on the embedded default (SQLite + local blobs).
+run: $(STAMP)
+	$(BIN)/headhub up
+
+## Install what the tests need and run the whole suite (SQLite and PostgreSQL).
+test: $(STAMP)
+	$(BIN)/ruff check service extractor migrations tests bench
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check service extractor migrations tests bench
+	$(BIN)/ruff format --check service extractor migrations tests bench
+	$(BIN)/mypy service extractor
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix service extractor migrations tests bench
+	$(BIN)/ruff format service extractor migrations tests bench
+
+## Regenerate the single initial migration from the models.
+migration: $(STAMP)
+	$(BIN)/python -m migrations.regenerate
+
+## Every benchmark; results land in bench/results/ (linked from the README).
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .headhub build *.egg-info

@@ -1,0 +1,57 @@
+"""The API application factory; long-lived clients are built in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from service.blobstore import LocalBlobStore
+from service.db import make_engine, make_sessionmaker
+from service.errors import install_error_handlers
+from service.health import router as health_router
+from service.settings import Settings, get_settings
+from service.tenants.endpoints import router as tenants_router
+
+# Every domain router, in the order they appear in the OpenAPI document.
+ROUTERS: list[APIRouter] = [health_router, tenants_router]
+
+
+def _make_extractor_client(settings: Settings):  # type: ignore[no-untyped-def]
+    try:
+        from extractor.client import ExtractorClient
+    except ImportError:  # the extractor client is optional only while it is being built
+        return None
+    return ExtractorClient(settings.extractor_urls, timeout=settings.extractor_timeout_s)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = make_engine(settings.database_url)
+        app.state.sessionmaker = make_sessionmaker(app.state.engine)
+        app.state.extractor = _make_extractor_client(settings)
+        try:
+            yield
+        finally:
+            if app.state.extractor is not None and hasattr(app.state.extractor, "aclose"):
+                await app.state.extractor.aclose()
+            app.state.engine.dispose()
+
+    app = FastAPI(
+        title="headhub",
+        version="0.1.0",
+        summary="Per-task last layers ('heads') on one shared frozen binary feature extractor.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.pepper = settings.pepper()
+    assert settings.blob_dir is not None
+    app.state.blobs = LocalBlobStore(settings.blob_dir)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

@@ -1,0 +1,148 @@
+"""Blob storage behind a small interface, so an S3-compatible store can replace the local one.
+
+Keys are server-made (`images/ab/<sha256>`, `heads/...`): a strict key grammar means a client's
+file name can never become a storage path (reliability.md item 11), even through a bug elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+# One or more segments of safe characters; no empty, "." or ".." segment; no leading slash.
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
+_KEY_RE = re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,7}}$")
+
+
+class InvalidBlobKey(ValueError):
+    """A key outside the grammar: a programming error, never user input reaching the store."""
+
+
+class BlobNotFound(KeyError):
+    """The key has no blob."""
+
+
+def validate_key(key: str) -> str:
+    if not _KEY_RE.fullmatch(key) or any(part in {".", ".."} for part in key.split("/")):
+        raise InvalidBlobKey(f"invalid blob key {key!r}")
+    return key
+
+
+def image_key(sha256_hex: str) -> str:
+    """Content address of an image: fanned out by the first byte so no directory grows huge."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256_hex):
+        raise InvalidBlobKey(f"not a sha256 hex digest: {sha256_hex!r}")
+    return f"images/{sha256_hex[:2]}/{sha256_hex}"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """What the service needs from a blob store; `put` must be atomic (all or nothing visible)."""
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def open(self, key: str) -> BinaryIO: ...
+
+    def path_for(self, key: str) -> Path | None: ...
+
+
+class LocalBlobStore:
+    """Blobs as files under `root`; writes go to a temp file in the same directory, then rename."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / validate_key(key)).resolve()
+        # Belt and braces: the grammar already forbids escaping the root.
+        if self.root not in path.parents:
+            raise InvalidBlobKey(f"blob key {key!r} escapes the store")
+        return path
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise BlobNotFound(key) from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable binary stream, for blobs too large to hold in memory at once."""
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError as exc:
+            raise BlobNotFound(key) from exc
+
+    def path_for(self, key: str) -> Path | None:
+        """A local file path for tools that want one (a remote store would return None)."""
+        return self._path(key)
+
+
+class MemoryBlobStore:
+    """A working in-memory fake for unit tests of code that only needs the protocol."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+
+    def put(self, key: str, data: bytes) -> None:
+        self._data[validate_key(key)] = bytes(data)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._data[validate_key(key)]
+        except KeyError as exc:
+            raise BlobNotFound(key) from exc
+
+    def exists(self, key: str) -> bool:
+        return validate_key(key) in self._data
+
+    def delete(self, key: str) -> None:
+        self._data.pop(validate_key(key), None)
+
+    def open(self, key: str) -> BinaryIO:
+        return io.BytesIO(self.get(key))
+
+    def path_for(self, key: str) -> Path | None:
+        validate_key(key)
+        return None
+
+    def keys(self) -> list[str]:
+        return sorted(self._data)

@@ -1,0 +1,90 @@
+"""Request dependencies, declared once as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from service.auth import Principal, authenticate, require_scope
+from service.blobstore import BlobStore
+from service.settings import Settings
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One transaction per request: committed when the endpoint returns, rolled back on error.
+
+    `scope="function"` below makes the commit happen before the response is sent, so a
+    client never sees 2xx for a write that then failed to commit.
+    """
+    session: Session = request.app.state.sessionmaker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_principal(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+    principal = authenticate(
+        session, authorization, pepper=request.app.state.pepper, admin_key=admin
+    )
+    request.state.principal = principal
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        limiter.check(principal.key_id)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def _admin(p: PrincipalDep) -> Principal:
+    return require_scope(p, "admin")
+
+
+def _owner(p: PrincipalDep) -> Principal:
+    return require_scope(p, "owner", "admin")
+
+
+def _predict(p: PrincipalDep) -> Principal:
+    return require_scope(p, "predict", "owner", "admin")
+
+
+AdminDep = Annotated[Principal, Depends(_admin)]
+OwnerDep = Annotated[Principal, Depends(_owner)]
+PredictDep = Annotated[Principal, Depends(_predict)]
+
+
+def get_blobs(request: Request) -> BlobStore:
+    return request.app.state.blobs  # type: ignore[no-any-return]
+
+
+def get_extractor(request: Request) -> Any:
+    """The `extractor.client.ExtractorClient` built in the lifespan."""
+    return request.app.state.extractor
+
+
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+ExtractorDep = Annotated[Any, Depends(get_extractor)]

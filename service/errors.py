@@ -1,0 +1,133 @@
+"""One error family for expected failures, mapped to RFC 9457 problem details in one place."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class HeadhubError(Exception):
+    """An expected failure. Raise anywhere; the handler renders it as problem+json."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(
+        self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.instance_code = code or self.code
+        self.headers = headers or {}
+
+
+class BadRequest(HeadhubError):
+    pass
+
+
+class Unauthorized(HeadhubError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+    def __init__(self, detail: str = "A valid API key is required.", **kw: Any) -> None:
+        kw.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(detail, **kw)
+
+
+class Forbidden(HeadhubError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(HeadhubError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(HeadhubError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(HeadhubError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+class UnsupportedMediaType(HeadhubError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class Unprocessable(HeadhubError):
+    status, code, title = 422, "unprocessable", "Unprocessable content"
+
+
+class _RetryAfter(HeadhubError):
+    def __init__(self, detail: str, *, retry_after: int = 1, **kw: Any) -> None:
+        headers = {"Retry-After": str(max(1, int(retry_after)))} | kw.pop("headers", {})
+        super().__init__(detail, headers=headers, **kw)
+        self.retry_after = retry_after
+
+
+class RateLimited(_RetryAfter):
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+
+class ServiceUnavailable(_RetryAfter):
+    status, code, title = 503, "unavailable", "Service unavailable"
+
+
+class BadGateway(HeadhubError):
+    status, code, title = 502, "bad_gateway", "Bad gateway"
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    code: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {
+        "type": f"https://headhub.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every expected failure to problem+json; nothing expected becomes a 500."""
+
+    @app.exception_handler(HeadhubError)
+    async def _headhub(_: Request, exc: HeadhubError) -> JSONResponse:
+        return problem(exc.status, exc.title, exc.detail, exc.instance_code, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return problem(
+            422,
+            "Unprocessable content",
+            f"{where}: {first['msg']}",
+            "validation_error",
+            errors=errors,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return problem(
+            exc.status_code, str(exc.detail), str(exc.detail), code, getattr(exc, "headers", None)
+        )

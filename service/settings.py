@@ -1,0 +1,90 @@
+"""One settings object, read from the environment with the `HEADHUB_` prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HEADHUB_", extra="ignore")
+
+    # Where the embedded default keeps its SQLite file, blobs and generated secrets.
+    data_dir: Path = Path(".headhub")
+    # Default: SQLite under data_dir. Production: postgresql+psycopg://user@host/db
+    database_url: str = ""
+    # Comma-separated base URLs of extractor replicas; the client fails over between them.
+    extractor_urls: Annotated[list[str], NoDecode] = ["http://127.0.0.1:8001"]
+    extractor_timeout_s: float = 10.0
+    # Accepted as an `admin` bearer key when set (>= 32 characters).
+    admin_key: SecretStr | None = None
+    # Server-side secret mixed into key hashes (HMAC-SHA256). Generated under data_dir if unset.
+    key_pepper: SecretStr | None = None
+    # Blob store root; default data_dir/blobs.
+    blob_dir: Path | None = None
+
+    # --- limits (reliability.md items 2, 7, 9, 10, 18, 19) ---
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_files_per_request: int = 256
+    max_field_bytes: int = 64 * 1024
+    max_image_pixels: int = 40_000_000
+    max_archive_entries: int = 10_000
+    max_archive_bytes: int = 512 * 1024 * 1024
+    max_archive_ratio: int = 100
+    max_images_per_tenant: int = 100_000
+    max_active_jobs_per_tenant: int = 20
+    rate_limit_per_minute: int = 600
+    head_cache_bytes: int = 256 * 1024 * 1024
+
+    @field_validator("extractor_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [u.strip().rstrip("/") for u in v.split(",") if u.strip()]
+        return v
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("HEADHUB_ADMIN_KEY must be at least 32 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults_under_data_dir(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'headhub.db').resolve()}"
+        if self.blob_dir is None:
+            self.blob_dir = self.data_dir / "blobs"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def pepper(self) -> bytes:
+        """The HMAC pepper: from the environment, else a random one persisted under data_dir."""
+        if self.key_pepper is not None:
+            return self.key_pepper.get_secret_value().encode()
+        path = self.data_dir / "pepper"
+        if not path.exists():
+            import secrets
+
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip().encode()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+__all__ = ["Field", "Settings", "get_settings"]
