@@ -1,0 +1,97 @@
+"""Compact Bi-Real/QuickNet-style binary network for a 2-core CPU (the default extractor).
+
+Liu et al., "Bi-Real Net", ECCV 2018 (real shortcut around every binary 3x3 conv);
+Liu et al., "ReActNet", ECCV 2020 (learnable threshold b before the sign);
+Bannink et al., "Larq Compute Engine" / QuickNet 2021 (real stem and real downsampling).
+
+    stem:   conv3x3 s2 (real) -> BN -> PReLU                                  # (B, 32, S/2, S/2)
+    stage:  avgpool 2x2 -> conv1x1 (real) -> BN, then `depth` Bi-Real blocks:
+            x + BN(conv3x3(sign(x + b), sign(W) * alpha))                     # alpha = mean|W_o|
+    final:  BN -> PReLU -> global average pool -> BN (no affine)              # (B, widths[-1])
+            The last BN centres each feature on its running mean, so the sign bits that feed a
+            binary last layer (the paper's (a)) split about evenly instead of being almost all +1.
+    head:   Linear(widths[-1], num_classes), only for pretraining/distillation
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from extractor.layers import BinaryConvBN
+from extractor.models._registry import make_pretrained_cfg, register_model
+
+
+@dataclass
+class BiRealConfig:
+    input_size: int = 112  # square input side; 112 keeps a 2-core CPU near 450 img/s (float path)
+    stem_width: int = 32  # real 3x3 stride-2 stem
+    widths: tuple[int, ...] = (64, 128, 256, 512)  # one stage per width; the last is feature_dim
+    depths: tuple[int, ...] = (2, 2, 2, 2)  # Bi-Real blocks per stage
+    scale_weights: bool = True  # XNOR-Net alpha = mean|W| per output channel (folded at export)
+    num_classes: int = 1000  # ImageNet-style head used only while pretraining
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)  # JSON round trip gives lists
+        self.depths = tuple(int(d) for d in self.depths)
+        if len(self.depths) == 1 and len(self.widths) > 1:
+            self.depths = self.depths * len(self.widths)
+        if len(self.widths) != len(self.depths) or not self.widths:
+            raise ValueError("widths and depths must be non-empty and of equal length")
+
+
+class BiRealBlock(nn.Module):
+    """x + BN(conv3x3(sign(x + b), sign(W) * alpha)): binary conv on a real residual stream."""
+
+    def __init__(self, channels: int, scale: bool) -> None:
+        super().__init__()
+        self.unit = BinaryConvBN(channels, channels, 3, 1, 1, threshold=True, scale=scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.unit(x)
+
+
+def _downsample(cin: int, cout: int) -> nn.Sequential:
+    """Real downsampling (QuickNet): average pool keeps all inputs, 1x1 conv changes width."""
+    return nn.Sequential(
+        nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+    )
+
+
+@register_model("birealnet_112", BiRealConfig)
+class BiRealNet(nn.Module):
+    def __init__(self, config: BiRealConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.arch = "birealnet_112"
+        self.pretrained_cfg = make_pretrained_cfg(config.input_size)
+        c = config.stem_width
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.PReLU(c)
+        )
+        stages = []
+        for width, depth in zip(config.widths, config.depths, strict=True):
+            blocks: list[nn.Module] = [_downsample(c, width)]
+            blocks += [BiRealBlock(width, config.scale_weights) for _ in range(depth)]
+            stages.append(nn.Sequential(*blocks))
+            c = width
+        self.stages = nn.Sequential(*stages)
+        self.final = nn.Sequential(nn.BatchNorm2d(c), nn.PReLU(c))
+        self.feature_norm = nn.BatchNorm1d(c, affine=False)
+        self.feature_dim = c
+        self.head = nn.Linear(c, config.num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.stem(x)  # (B, stem, S/2, S/2)
+        x = self.stages(x)  # (B, C, S/32, S/32)
+        x = self.final(x)
+        return self.feature_norm(x.mean(dim=(2, 3)))  # (B, C), centred per feature
+
+    def forward_head(self, f: Tensor) -> Tensor:
+        return self.head(f)  # (B, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
