@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from extractor.packing import pack_signs
 from service.heads.headfile import HeadFile
 
 # Bounds the (B, C, bytes) XOR intermediate of the binary path to roughly this many bytes.
 _XOR_CHUNK_BYTES = 32 * 1024 * 1024
 
 
+__all__ = ["FeatureMismatch", "logits", "pack_signs", "scores", "softmax", "top_k"]
+
+
 class FeatureMismatch(ValueError):
     """Features that do not fit a head (width or kind); the API maps it to 409/422."""
-
-
-def pack_signs(x: np.ndarray) -> np.ndarray:
-    """Bit i = ``x[i] >= 0``, little bit order: the same packing as ``extractor/packing.py``."""
-    return np.packbits(np.asarray(x) >= 0, axis=-1, bitorder="little")
 
 
 def popcount_xor(x_bits: np.ndarray, w_bits: np.ndarray) -> np.ndarray:

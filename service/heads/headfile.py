@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +112,7 @@ def infer_feature_dim(head_type: str, weights: dict[str, np.ndarray]) -> int:
     return width * 8 if head_type == "binary" else width
 
 
-def to_numpy(weights: dict[str, torch.Tensor | np.ndarray]) -> dict[str, np.ndarray]:
+def to_numpy(weights: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, w in weights.items():
         arr = w.detach().cpu().contiguous().numpy() if isinstance(w, torch.Tensor) else w

@@ -26,7 +26,7 @@ def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
 
 
 def head_to_onnx(head: HeadFile, *, name: str = "head") -> onnx.ModelProto:
-    """Build the graph for any head type; ``metadata_props`` carry labels, extractor and preprocessing."""
+    """The graph for any head type; ``metadata_props`` carry labels, extractor, preprocessing."""
     w = head.weights
     d = head.feature_dim
     nodes: list[onnx.NodeProto] = []
