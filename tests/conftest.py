@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.fixtures.db import db_url, drop_pg_template, pg_available  # noqa: F401
+from tests.fixtures.db import drop_pg_template, pg_available
 
 ADMIN_KEY = "test-admin-key-" + "x" * 32
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -20,7 +21,7 @@ CLOSED_PORT_URL = "http://127.0.0.1:9"  # nothing listens: the extractor is "dow
 
 pytest_plugins = [
     p
-    for p in ("tests.fixtures.extractor",)
+    for p in ("tests.fixtures.db", "tests.fixtures.extractor")
     if (Path(__file__).parent / "fixtures" / (p.rsplit(".", 1)[-1] + ".py")).exists()
 ]
 
@@ -32,10 +33,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    try:
+    with contextlib.suppress(Exception):
         drop_pg_template()
-    except Exception:
-        pass
 
 
 def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:

@@ -1,0 +1,175 @@
+"""Dynamic micro-batching (Triton-style): one inference thread, one forward pass per gathered batch.
+
+Requests put their images into a bounded queue and await per-image futures. The inference thread
+takes the oldest image, waits until `max_batch` images are queued or `max_wait_ms` has passed since
+that image arrived, and runs them as one batch. The forward function must not mix samples, so
+every image gets the same features whatever it was batched with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["BatcherStopped", "MicroBatcher", "QueueFull"]
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The queue cannot take the request's images now; answer 503 with Retry-After."""
+
+    def __init__(self, depth: int, capacity: int) -> None:
+        super().__init__(f"inference queue full ({depth}/{capacity} images)")
+        self.depth, self.capacity = depth, capacity
+
+
+class BatcherStopped(Exception):
+    """The batcher is shutting down and takes no new work."""
+
+
+@dataclass
+class _Item:
+    x: Tensor  # (3, H, W)
+    future: asyncio.Future[np.ndarray]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+
+
+def _resolve(item: _Item, value: np.ndarray | BaseException) -> None:
+    def apply() -> None:
+        if item.future.done():  # the request was cancelled (client went away)
+            return
+        if isinstance(value, BaseException):
+            item.future.set_exception(value)
+        else:
+            item.future.set_result(value)
+
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+        item.loop.call_soon_threadsafe(apply)
+
+
+class MicroBatcher:
+    """Gathers single images from concurrent requests into batched calls of `forward`.
+
+    `forward` takes (B, 3, H, W) float32 and returns (B, D) float features; it runs only in the
+    inference thread, under `torch.inference_mode()`.
+    """
+
+    def __init__(
+        self,
+        forward: Callable[[Tensor], Tensor],
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        queue_size: int = 256,
+        on_batch: Callable[[int, float], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
+        self.forward = forward
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.capacity = queue_size
+        self._on_batch = on_batch or (lambda size, seconds: None)
+        self._on_depth = on_depth or (lambda depth: None)
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._accepting = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        return self._accepting and self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._accepting = True
+            self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new work, finish what is queued, then join the thread."""
+        with self._cond:
+            self._accepting = False
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    async def submit(self, images: Tensor) -> np.ndarray:
+        """Queue (N, 3, H, W) as N items; returns (N, D) float32 in order. All or none queued."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        items = [_Item(x, loop.create_future(), loop, now) for x in images]
+        with self._cond:
+            if not self._accepting:
+                raise BatcherStopped("the extractor is shutting down")
+            if len(self._queue) + len(items) > self.capacity:
+                raise QueueFull(len(self._queue), self.capacity)
+            self._queue.extend(items)
+            self._on_depth(len(self._queue))
+            self._cond.notify()
+        try:
+            rows = await asyncio.gather(*(it.future for it in items))
+        except asyncio.CancelledError:
+            for it in items:
+                it.future.cancel()  # the inference thread skips cancelled items
+            raise
+        return np.stack(rows)
+
+    def _take_batch(self) -> list[_Item] | None:
+        """Block for the next batch; None once stopped and drained."""
+        with self._cond:
+            while not self._queue:
+                if not self._accepting:
+                    return None
+                self._cond.wait()
+            deadline = self._queue[0].enqueued + self.max_wait
+            while len(self._queue) < self.max_batch and self._accepting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            n = min(self.max_batch, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(n)]
+            self._on_depth(len(self._queue))
+        return [it for it in batch if not it.future.done()]
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while (batch := self._take_batch()) is not None:
+                if not batch:
+                    continue
+                start = time.perf_counter()
+                try:
+                    feats = self.forward(torch.stack([it.x for it in batch]))
+                    rows = feats.detach().to(torch.float32).cpu().numpy()
+                    if rows.shape[0] != len(batch):
+                        raise RuntimeError(
+                            f"forward returned {rows.shape[0]} rows for {len(batch)}"
+                        )
+                except Exception as exc:
+                    log.exception("inference failed for a batch of %d", len(batch))
+                    for it in batch:
+                        _resolve(it, exc)
+                    continue
+                self._on_batch(len(batch), time.perf_counter() - start)
+                for it, row in zip(batch, rows, strict=True):
+                    _resolve(it, row)

@@ -1,0 +1,322 @@
+"""Client of the extractor process, used by the API (async) and the worker (sync).
+
+Several base URLs are replicas: a request that cannot be served by one (connection error, timeout,
+502/503/504) goes to the next, and the whole round is retried with exponential backoff. Every
+answer is checked before it is returned (reliability 33): the wire format parses, the width is the
+extractor's `feature_dim`, the id is that replica's extractor, the values are finite and the sign
+bits agree with the floats. Garbage is never passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+
+from extractor.packing import pack_signs
+from extractor.wire import CONTENT_TYPE, FeatureBatch, WireFormatError, decode_features
+
+__all__ = [
+    "ExtractorBadResponse",
+    "ExtractorClient",
+    "ExtractorError",
+    "ExtractorRejectedImage",
+    "ExtractorUnavailable",
+]
+
+_RETRY_STATUS = frozenset({502, 503, 504})
+_REJECT_STATUS = frozenset({413, 415, 422})
+
+
+class ExtractorError(Exception):
+    """Base of the extractor client's errors."""
+
+
+class ExtractorUnavailable(ExtractorError):
+    """No replica answered usefully; map to 503 with `Retry-After: retry_after`."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ExtractorBadResponse(ExtractorError):
+    """A replica answered something unusable (bad wire data, wrong width, NaN); map to 502."""
+
+
+class ExtractorRejectedImage(ExtractorError):
+    """The extractor refused an image (413/415/422); pass that status on, naming the file."""
+
+    def __init__(
+        self, filename: str, reason: str, status: int, code: str = "invalid_image"
+    ) -> None:
+        super().__init__(f"{filename}: {reason}")
+        self.filename, self.reason, self.status, self.code = filename, reason, status, code
+
+
+class _Retry(Exception):
+    """This replica cannot serve now; try the next one."""
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> int | None:
+    try:
+        return max(1, int(response.headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        doc = response.json()
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _check_status(url: str, response: httpx.Response) -> None:
+    """Raise _Retry for replica trouble, typed errors for everything else that is not a 200."""
+    status = response.status_code
+    if status == 200:
+        return
+    if status in _RETRY_STATUS:
+        raise _Retry(f"{url} answered {status}", _retry_after(response))
+    doc = _json(response)
+    if status in _REJECT_STATUS:
+        raise ExtractorRejectedImage(
+            str(doc.get("filename", "")),
+            str(doc.get("reason") or doc.get("detail") or response.text[:200]),
+            status,
+            str(doc.get("code", "invalid_image")),
+        )
+    raise ExtractorBadResponse(f"{url} answered {status}: {doc.get('detail', response.text[:200])}")
+
+
+def _validate(url: str, response: httpx.Response, info: dict[str, Any], n: int) -> FeatureBatch:
+    """Turn a 200 into a FeatureBatch, or raise ExtractorBadResponse."""
+    ctype = response.headers.get("content-type", "").split(";")[0].strip()
+    if ctype != CONTENT_TYPE:
+        raise ExtractorBadResponse(f"{url} answered content type {ctype!r}")
+    try:
+        batch = decode_features(response.content)
+    except WireFormatError as exc:
+        raise ExtractorBadResponse(f"{url} sent malformed features: {exc}") from exc
+    if len(batch) != n:
+        raise ExtractorBadResponse(f"{url} sent {len(batch)} vectors for {n} images")
+    if batch.dim != info.get("feature_dim"):
+        raise ExtractorBadResponse(f"{url} sent width {batch.dim}, expected {info['feature_dim']}")
+    if batch.extractor_id != info.get("id"):
+        raise ExtractorBadResponse(f"{url} sent features of extractor {batch.extractor_id[:12]}")
+    if not np.isfinite(batch.floats).all():
+        raise ExtractorBadResponse(f"{url} sent non-finite feature values")
+    if not np.array_equal(pack_signs(batch.floats), batch.bits):
+        raise ExtractorBadResponse(f"{url} sent sign bits that disagree with its floats")
+    return batch
+
+
+def _check_info(url: str, response: httpx.Response) -> dict[str, Any]:
+    _check_status(url, response)
+    doc = _json(response)
+    dim = doc.get("feature_dim")
+    if not isinstance(dim, int) or dim <= 0 or not isinstance(doc.get("id"), str):
+        raise ExtractorBadResponse(f"{url}/v1/info lacks a valid id and feature_dim")
+    return doc
+
+
+class ExtractorClient:
+    """Talks to one or more extractor replicas; async methods plus `_sync` twins for the worker.
+
+    `retries` is the number of extra rounds over all URLs after the first; rounds are spaced by
+    `backoff * 2**round` seconds (capped at 2 s). `timeout` bounds each HTTP call.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        timeout: float = 10.0,
+        retries: int = 2,
+        *,
+        backoff: float = 0.1,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sync_transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls) if u]
+        if not self.urls:
+            raise ValueError("at least one extractor URL is required")
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self._transport, self._sync_transport = transport, sync_transport
+        self._aclient: httpx.AsyncClient | None = None
+        self._client: httpx.Client | None = None
+        self._info: dict[str, dict[str, Any]] = {}  # per replica URL
+        self._next = 0  # round-robin start, so replicas share the load
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _order(self) -> list[str]:
+        start = self._next % len(self.urls)
+        self._next += 1
+        return self.urls[start:] + self.urls[:start]
+
+    def _delay(self, round_: int) -> float:
+        return min(2.0, self.backoff * 2**round_)
+
+    def _unavailable(self, errors: list[str], retry_after: int | None) -> ExtractorUnavailable:
+        return ExtractorUnavailable("; ".join(errors[-len(self.urls) :]), retry_after or 1)
+
+    @staticmethod
+    def _headers(request_id: str | None) -> dict[str, str]:
+        return {"X-Request-ID": request_id} if request_id else {}
+
+    @staticmethod
+    def _multipart(files: Sequence[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes]]]:
+        return [("files", (name, data)) for name, data in files]
+
+    # -- async ----------------------------------------------------------------------------------
+    def _async_client(self) -> httpx.AsyncClient:
+        if self._aclient is None:
+            self._aclient = httpx.AsyncClient(timeout=self.timeout, transport=self._transport)
+        return self._aclient
+
+    async def _ainfo(self, url: str, request_id: str | None, refresh: bool = False) -> dict:
+        if refresh or url not in self._info:
+            r = await self._async_client().get(f"{url}/v1/info", headers=self._headers(request_id))
+            self._info[url] = _check_info(url, r)
+        return self._info[url]
+
+    async def _afeatures_once(
+        self, url: str, files: Sequence[tuple[str, bytes]], request_id: str | None
+    ) -> FeatureBatch:
+        info = await self._ainfo(url, request_id)
+        r = await self._async_client().post(
+            f"{url}/v1/features", files=self._multipart(files), headers=self._headers(request_id)
+        )
+        _check_status(url, r)
+        if r.headers.get("x-extractor-id", info["id"]) != info["id"]:  # replica was swapped
+            info = await self._ainfo(url, request_id, refresh=True)
+        return _validate(url, r, info, len(files))
+
+    async def features(
+        self, files: Sequence[tuple[str, bytes]], request_id: str | None = None
+    ) -> FeatureBatch:
+        """Features of `(filename, bytes)` images, in order, from the first replica that can."""
+        errors: list[str] = []
+        retry_after: int | None = None
+        for round_ in range(self.retries + 1):
+            if round_:
+                await asyncio.sleep(self._delay(round_ - 1))
+            for url in self._order():
+                try:
+                    return await self._afeatures_once(url, files, request_id)
+                except _Retry as exc:
+                    errors.append(str(exc))
+                    retry_after = exc.retry_after or retry_after
+                except httpx.TransportError as exc:  # connect/read errors and timeouts
+                    errors.append(f"{url}: {type(exc).__name__} {exc}".strip())
+                    self._info.pop(url, None)
+        raise self._unavailable(errors, retry_after)
+
+    async def info(self, request_id: str | None = None) -> dict[str, Any]:
+        """`/v1/info` of the first replica that answers."""
+        errors: list[str] = []
+        retry_after: int | None = None
+        for round_ in range(self.retries + 1):
+            if round_:
+                await asyncio.sleep(self._delay(round_ - 1))
+            for url in self._order():
+                try:
+                    return await self._ainfo(url, request_id, refresh=True)
+                except _Retry as exc:
+                    errors.append(str(exc))
+                    retry_after = exc.retry_after or retry_after
+                except httpx.TransportError as exc:
+                    errors.append(f"{url}: {type(exc).__name__} {exc}".strip())
+        raise self._unavailable(errors, retry_after)
+
+    async def aclose(self) -> None:
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None
+
+    # -- sync (the worker) ------------------------------------------------------------------------
+    def _sync_client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout, transport=self._sync_transport)
+        return self._client
+
+    def _info_sync(self, url: str, request_id: str | None, refresh: bool = False) -> dict:
+        if refresh or url not in self._info:
+            r = self._sync_client().get(f"{url}/v1/info", headers=self._headers(request_id))
+            self._info[url] = _check_info(url, r)
+        return self._info[url]
+
+    def _features_once_sync(
+        self, url: str, files: Sequence[tuple[str, bytes]], request_id: str | None
+    ) -> FeatureBatch:
+        info = self._info_sync(url, request_id)
+        r = self._sync_client().post(
+            f"{url}/v1/features", files=self._multipart(files), headers=self._headers(request_id)
+        )
+        _check_status(url, r)
+        if r.headers.get("x-extractor-id", info["id"]) != info["id"]:
+            info = self._info_sync(url, request_id, refresh=True)
+        return _validate(url, r, info, len(files))
+
+    def features_sync(
+        self, files: Sequence[tuple[str, bytes]], request_id: str | None = None
+    ) -> FeatureBatch:
+        """Blocking twin of `features`."""
+        errors: list[str] = []
+        retry_after: int | None = None
+        for round_ in range(self.retries + 1):
+            if round_:
+                time.sleep(self._delay(round_ - 1))
+            for url in self._order():
+                try:
+                    return self._features_once_sync(url, files, request_id)
+                except _Retry as exc:
+                    errors.append(str(exc))
+                    retry_after = exc.retry_after or retry_after
+                except httpx.TransportError as exc:
+                    errors.append(f"{url}: {type(exc).__name__} {exc}".strip())
+                    self._info.pop(url, None)
+        raise self._unavailable(errors, retry_after)
+
+    def info_sync(self, request_id: str | None = None) -> dict[str, Any]:
+        """Blocking twin of `info`."""
+        errors: list[str] = []
+        retry_after: int | None = None
+        for round_ in range(self.retries + 1):
+            if round_:
+                time.sleep(self._delay(round_ - 1))
+            for url in self._order():
+                try:
+                    return self._info_sync(url, request_id, refresh=True)
+                except _Retry as exc:
+                    errors.append(str(exc))
+                    retry_after = exc.retry_after or retry_after
+                except httpx.TransportError as exc:
+                    errors.append(f"{url}: {type(exc).__name__} {exc}".strip())
+        raise self._unavailable(errors, retry_after)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def __aenter__(self) -> ExtractorClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> ExtractorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,218 @@
+"""Safe image decoding and preprocessing, shared by the extractor process and the service.
+
+Untrusted uploads go through `decode_image`, which enforces `../shared/design/reliability.md`
+items 1-5: truncated files are caught by a full `load()` (``Image.verify()`` passes them), the
+declared pixel count is checked from the header *before* any pixel is decoded, only an allow-list
+of formats is opened, and every accepted image comes out as 8-bit RGB in display orientation.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+    "ImageRejected",
+    "decode_image",
+    "load_tensor",
+    "preprocess",
+    "preprocess_batch",
+]
+
+# Pillow decoders we expose to the internet (the JPEG plugin also yields MPO, cameras' JPEG).
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+# 40 Mpx covers phone and DSLR photos; one RGB copy of it is 120 MB.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+# Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; a warning is not a limit.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+# Formats Pillow cannot open at all but that users upload anyway: give them a 415, not a 422.
+_FOREIGN_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "PDF"),
+    (b"%!PS", "PostScript/EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"SIMPLE  =", "FITS"),
+    (b"<svg", "SVG"),
+    (b"<?xml", "XML/SVG"),
+    (b"PK\x03\x04", "ZIP"),
+)
+
+
+class ImageRejected(Exception):
+    """An upload that cannot be used as an image; `status` is the HTTP status to answer.
+
+    413 too many pixels, 415 format outside the allow-list, 422 corrupt, truncated or not an image.
+    """
+
+    def __init__(self, filename: str, reason: str, status: int, code: str) -> None:
+        super().__init__(f"{filename}: {reason}")
+        self.filename = filename
+        self.reason = reason
+        self.status = status
+        self.code = code
+
+
+def _sniff_format(head: bytes) -> str | None:
+    """Name the format from magic bytes only (each plugin's `accept`); nothing is parsed."""
+    for magic, name in _FOREIGN_MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        return "HEIF/AVIF"
+    Image.init()
+    for name, (_factory, accept) in Image.OPEN.items():
+        if accept is None:
+            continue
+        try:
+            if accept(head):
+                return name
+        except Exception:  # a plugin's accept() is not meant for arbitrary bytes
+            continue
+    return None
+
+
+def _open_allowed(data: bytes, filename: str, max_pixels: int) -> Image.Image:
+    """Parse the header of an allowed format and check its size; decodes no pixel data."""
+    if not data:
+        raise ImageRejected(filename, "the file is empty", 422, "empty_image")
+    try:
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected(
+            filename, f"the image declares more than {max_pixels} pixels", 413, "image_too_large"
+        ) from None
+    except UnidentifiedImageError:
+        fmt = _sniff_format(data[:64])
+        if fmt is not None and fmt not in ALLOWED_FORMATS:
+            raise ImageRejected(
+                filename,
+                f"{fmt} is not an accepted image format (accepted: {', '.join(ALLOWED_FORMATS)})",
+                415,
+                "unsupported_image_format",
+            ) from None
+        raise ImageRejected(
+            filename, "the file is not a readable image", 422, "invalid_image"
+        ) from None
+    except Exception as exc:  # malformed header inside an allowed plugin
+        raise ImageRejected(
+            filename, f"the image header is corrupt ({exc})", 422, "invalid_image"
+        ) from None
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected(filename, "the image has no pixels", 422, "invalid_image")
+    if width * height > max_pixels:
+        raise ImageRejected(
+            filename,
+            f"the image declares {width}x{height} pixels, over the limit of {max_pixels}",
+            413,
+            "image_too_large",
+        )
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Normalise any decoded mode to 8-bit RGB; alpha is composited on white."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # Wide grey: scale the full 16-bit range to 8 bits (Pillow's convert("L") clips at 255).
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 1.0
+        arr = np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        mode in ("P", "L", "RGB") and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "RGB":
+        return img
+    return img.convert("RGB")
+
+
+def decode_image(
+    data: bytes, filename: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Decode untrusted bytes into an RGB image in display orientation, or raise ImageRejected."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # a global someone may have flipped; truncation must fail
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False")
+    img = _open_allowed(data, filename, max_pixels)
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        rgb = _to_rgb(img)
+        rgb.load()
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected(
+            filename, f"the image decodes to more than {max_pixels} pixels", 413, "image_too_large"
+        ) from None
+    except Exception as exc:  # OSError "truncated", SyntaxError, ValueError from decoders
+        raise ImageRejected(
+            filename, f"the image is truncated or corrupt ({exc})", 422, "invalid_image"
+        ) from None
+    return rgb
+
+
+def preprocess(img: Image.Image, pretrained_cfg: dict[str, Any]) -> torch.Tensor:
+    """timm-style eval transform: resize the shorter side, center crop, scale to [0,1], normalise.
+
+    Returns a float32 tensor (3, H, W) with H, W from `pretrained_cfg["input_size"]`.
+    """
+    _, out_h, out_w = (int(v) for v in pretrained_cfg["input_size"])
+    resize = int(pretrained_cfg.get("resize", max(out_h, out_w)))
+    interpolation = {
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "nearest": Image.Resampling.NEAREST,
+    }[pretrained_cfg.get("interpolation", "bilinear")]
+    w, h = img.size
+    scale = resize / min(w, h)
+    new_w, new_h = max(out_w, round(w * scale)), max(out_h, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), interpolation)
+    left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
+    img = img.crop((left, top, left + out_w, top + out_h))
+    arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
+    mean = np.asarray(pretrained_cfg["mean"], dtype=np.float32)
+    std = np.asarray(pretrained_cfg["std"], dtype=np.float32)
+    arr = (arr - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def load_tensor(
+    data: bytes,
+    filename: str,
+    pretrained_cfg: dict[str, Any],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """decode_image + preprocess: the whole path from upload bytes to a network input (3, H, W)."""
+    return preprocess(decode_image(data, filename, max_pixels=max_pixels), pretrained_cfg)
+
+
+def preprocess_batch(
+    files: Sequence[tuple[str, bytes]],
+    pretrained_cfg: dict[str, Any],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """(filename, bytes) pairs -> (B, 3, H, W); the first bad file raises ImageRejected."""
+    tensors = [load_tensor(d, name, pretrained_cfg, max_pixels=max_pixels) for name, d in files]
+    return torch.stack(tensors)

@@ -1,0 +1,95 @@
+"""Which code computes the features: the float reference path or a registered fast binary path.
+
+The reference path runs the loaded network with plain float PyTorch ops (±1 values in float
+tensors); it is the correctness oracle. A fast path (bit-packed XNOR/popcount kernels) plugs in
+through `register_fast_path`; the built-in one is `kernel_path` (`extractor.fast` on the compiled
+kernels). Both paths must give identical sign bits; `--reference` forces the oracle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from extractor.checkpoint import LoadedExtractor
+
+__all__ = [
+    "FastPathFactory",
+    "InferencePath",
+    "reference_path",
+    "register_fast_path",
+    "select_path",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferencePath:
+    """A feature function for one loaded extractor.
+
+    `forward` maps a normalised batch (B, 3, H, W) to float32 features (B, D); it is called from
+    one inference thread under `torch.inference_mode()`. `details` are extra `/v1/info` fields
+    (e.g. `{"instruction_set": "avx2"}`).
+    """
+
+    name: str  # "reference" | "fast"
+    forward: Callable[[Tensor], Tensor]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+FastPathFactory = Callable[[LoadedExtractor], InferencePath | None]
+_FACTORIES: list[FastPathFactory] = []
+
+
+def register_fast_path(factory: FastPathFactory) -> None:
+    """Offer a fast path; the factory returns None when it cannot serve this checkpoint/CPU."""
+    if factory not in _FACTORIES:
+        _FACTORIES.append(factory)
+
+
+def reference_path(loaded: LoadedExtractor) -> InferencePath:
+    """The float PyTorch network from the checkpoint (folded ±1 weights), as loaded."""
+    model = loaded.model
+
+    def forward(x: Tensor) -> Tensor:
+        return model.forward_features(x).float()  # type: ignore[operator]
+
+    return InferencePath("reference", forward, {"torch": torch.__version__})
+
+
+def kernel_path(loaded: LoadedExtractor) -> InferencePath | None:
+    """The XOR-popcount network of `extractor.fast`, only when the compiled kernels are loaded.
+
+    The pure-PyTorch fallback of the kernels is correct but slower than the reference, so it is
+    never selected; a kernel build that fails to import falls back to the reference, loudly.
+    """
+    try:
+        from extractor.fast import build_fast_model
+        from extractor.kernels import ops
+    except Exception:
+        log.exception("the fast kernels failed to import; serving the reference path")
+        return None
+    if ops.backend() != "native":
+        return None
+    try:
+        fast = build_fast_model(loaded)
+    except ValueError:  # no binary layer with sign inputs: nothing to accelerate
+        return None
+    details = {"instruction_set": ops.instruction_set(), "kernels": ops.backend()}
+    return InferencePath("fast", fast.forward_features, details)
+
+
+def select_path(loaded: LoadedExtractor, reference: bool = False) -> InferencePath:
+    """The fast path if one is registered and accepts this extractor, else the reference."""
+    if not reference:
+        for factory in [*_FACTORIES, kernel_path]:
+            path = factory(loaded)
+            if path is not None:
+                return path
+    return reference_path(loaded)
