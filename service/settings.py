@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024 * 1024
     max_files_per_request: int = 256
     max_field_bytes: int = 64 * 1024
+    # Compute an upload's features in the background right after it (best effort, in-process).
+    featurize_on_upload: bool = True
     max_image_pixels: int = 40_000_000
     max_archive_entries: int = 10_000
     max_archive_bytes: int = 512 * 1024 * 1024
@@ -39,6 +41,34 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = 20
     rate_limit_per_minute: int = 600
     head_cache_bytes: int = 256 * 1024 * 1024
+    # Burst size of the per-key token bucket (requests); default: rate_limit_per_minute.
+    rate_limit_burst: int | None = None
+
+    # --- operations (issue 5) ---
+    log_level: str = "INFO"
+    # "json" (one object per line, for log shippers) or "text" (for a terminal).
+    log_format: str = "json"
+    # SIGTERM: seconds in-flight requests get to finish before uvicorn drops them (item 35).
+    shutdown_timeout_s: float = 30.0
+
+    # --- training jobs and workers (issue 4) ---
+    # A running job whose worker has not renewed its lease for this long is claimed again.
+    job_lease_s: float = 30.0
+    # How often a worker renews its lease, writes progress and reads cancel requests.
+    job_heartbeat_s: float = 2.0
+    job_max_attempts: int = 3
+    # Retry n waits base * 2^(n-1) seconds, capped at max.
+    job_backoff_base_s: float = 5.0
+    job_backoff_max_s: float = 600.0
+    # Idle workers look for claimable jobs this often.
+    worker_poll_s: float = 1.0
+    # SIGTERM: a running job gets this long to finish before it is handed back to the queue.
+    worker_grace_s: float = 30.0
+    # Intra-op threads per training job; concurrency, not threads, is what scales heads.
+    worker_torch_threads: int = 1
+    # Test-only knob: sleep this long after every training epoch, so tests can catch a job
+    # mid-training (SIGKILL, cancel, SIGTERM) without racing a fast trainer. Keep 0 in production.
+    train_epoch_delay_s: float = 0.0
 
     @field_validator("extractor_urls", mode="before")
     @classmethod

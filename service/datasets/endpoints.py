@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from service.datasets import repository as repo
+from service.datasets import service
+from service.datasets.schemas import (
+    DatasetCreate,
+    DatasetList,
+    DatasetOut,
+    ImageList,
+    ImageOut,
+    UploadResult,
+)
+from service.datasets.upload import (
+    UPLOAD_OPENAPI,
+    UPLOAD_RESPONSES,
+    current_extractor_id,
+    featurizer,
+    read_upload,
+    run_upload,
+)
+from service.deps import BlobsDep, OwnerDep, SessionDep, SettingsDep
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+ExtractorIdDep = Annotated[str | None, Depends(current_extractor_id)]
+TenantQuery = Annotated[
+    str | None, Query(description="Admin keys only: the tenant (name) to act for.")
+]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)
+def create_dataset(
+    body: DatasetCreate,
+    session: SessionDep,
+    principal: OwnerDep,
+    extractor_id: ExtractorIdDep,
+    tenant: TenantQuery = None,
+) -> DatasetOut:
+    """Create an empty dataset; its name is unique within the tenant (409 otherwise)."""
+    tenant_id = service.owner_tenant_id(session, principal, tenant)
+    dataset = service.create_dataset(session, tenant_id, body.name, body.description)
+    return service.describe(session, [dataset], extractor_id)[0]
+
+
+@router.get("", response_model=DatasetList)
+def list_datasets(
+    session: SessionDep,
+    principal: OwnerDep,
+    extractor_id: ExtractorIdDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+    tenant: TenantQuery = None,
+) -> DatasetList:
+    """The tenant's datasets, oldest first (an admin sees all, or one tenant's with `tenant`)."""
+    tenant_id = (
+        service.owner_tenant_id(session, principal, tenant)
+        if tenant is not None or not principal.is_admin
+        else None
+    )
+    after = service.decode_cursor(cursor) if cursor else None
+    rows = repo.list_datasets(session, tenant_id, after=after, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return DatasetList(
+        items=service.describe(session, rows, extractor_id),
+        next_cursor=service.encode_cursor(rows[-1]) if more else None,
+    )
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(
+    dataset_id: str, session: SessionDep, principal: OwnerDep, extractor_id: ExtractorIdDep
+) -> DatasetOut:
+    """One dataset with `image_count`, `label_counts` and how many images have features ready
+    for the extractor now serving (`features_ready` of `image_count`)."""
+    dataset = service.get_dataset(session, principal, dataset_id)
+    return service.describe(session, [dataset], extractor_id)[0]
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_dataset(
+    dataset_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: OwnerDep,
+    blobs: BlobsDep,
+    background: BackgroundTasks,
+) -> Response:
+    """Delete the dataset and its images; image bytes no other dataset holds are removed after
+    the deletion has committed."""
+    shas = service.delete_dataset(session, principal, dataset_id)
+    background.add_task(service.collect_blobs, request.app.state.sessionmaker, blobs, shas)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{dataset_id}/images",
+    response_model=UploadResult,
+    openapi_extra=UPLOAD_OPENAPI,
+    responses=UPLOAD_RESPONSES,
+)
+async def upload_images(
+    dataset_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: OwnerDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
+    background: BackgroundTasks,
+) -> UploadResult:
+    """Add images: `label` plus one or more `files` parts, or one `archive` zip whose top-level
+    folders are the labels (`daisy/001.jpg`).
+
+    Images are identified by the SHA-256 of their bytes: one already in the dataset counts as a
+    duplicate. A bad file is listed in `rejected` and the good ones are kept (200), with one
+    exception: when the request carries exactly one file and that file is bad, the request fails
+    with the file's own status (413 too many pixels, 415 format not accepted, 422 truncated or
+    not an image), naming the file. An unsafe archive (path traversal, absolute paths,
+    backslashes, symlinks, encrypted or nested entries, forged sizes: 422; a zip bomb: 413) is
+    refused as a whole and nothing is stored. Bodies over the size limit are 413, too many parts
+    400, an oversized text field 413. A tenant over its image cap gets 409
+    `image_quota_exceeded`.
+    """
+    dataset = await run_in_threadpool(service.get_dataset, session, principal, dataset_id)
+    upload = await read_upload(request, settings)
+    try:
+        outcome = await run_in_threadpool(
+            partial(run_upload, session, blobs, dataset, upload, settings)
+        )
+    finally:
+        await upload.close()
+    if outcome.added and settings.featurize_on_upload:
+        task = featurizer(request)
+        if task is not None:
+            background.add_task(task, dataset.id)
+    return outcome.result()
+
+
+@router.get("/{dataset_id}/images", response_model=ImageList)
+def list_images(
+    dataset_id: str,
+    session: SessionDep,
+    principal: OwnerDep,
+    label: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$")] = None,
+) -> ImageList:
+    """The dataset's images by SHA-256, optionally one label's; `cursor` is the last hash seen."""
+    dataset = service.get_dataset(session, principal, dataset_id)
+    rows = repo.list_images(session, dataset.id, label=label, after=cursor, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return ImageList(
+        items=[ImageOut.model_validate(r) for r in rows],
+        next_cursor=rows[-1].sha256 if more else None,
+    )
+
+
+@router.delete("/{dataset_id}/images/{sha256}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_image(
+    dataset_id: str,
+    sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
+    request: Request,
+    session: SessionDep,
+    principal: OwnerDep,
+    blobs: BlobsDep,
+    background: BackgroundTasks,
+) -> Response:
+    """Remove one image (e.g. a mislabeled one); re-upload it with the right label after."""
+    service.delete_image(session, principal, dataset_id, sha256)
+    background.add_task(service.collect_blobs, request.app.state.sessionmaker, blobs, [sha256])
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,191 @@
+"""The feature cache: extractor outputs stored once per (image SHA-256, extractor id).
+
+Training a head reads features from here, so retraining never sends an image through the network
+again. `ensure_features` fills the cache off the request path (the worker calls it at the start of
+every training job; uploads trigger it in the background, best effort); `load_features` hands a
+dataset's cached features to a trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from extractor.wire import FeatureBatch
+from service.blobstore import BlobNotFound, BlobStore, image_key
+from service.datasets import repository as repo
+from service.db import session_scope
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class SyncExtractor(Protocol):
+    """The part of `extractor.client.ExtractorClient` the cache uses."""
+
+    def info_sync(self) -> dict[str, Any]: ...
+
+    def features_sync(
+        self, files: Sequence[tuple[str, bytes]], request_id: str | None = None
+    ) -> FeatureBatch: ...
+
+
+class ExtractorChanged(RuntimeError):
+    """The extractor answering is not the one the run started with (a redeploy mid-run)."""
+
+
+def _rejected_image_error() -> type[Exception] | None:
+    try:
+        from extractor.client import ExtractorRejectedImage
+    except ImportError:  # pragma: no cover - the client is part of the package
+        return None
+    return ExtractorRejectedImage  # type: ignore[no-any-return]
+
+
+def _rows(extractor_id: str, shas: list[str], batch: FeatureBatch) -> list[dict[str, object]]:
+    if batch.extractor_id != extractor_id:
+        raise ExtractorChanged(
+            f"extractor {batch.extractor_id} answered a run started on {extractor_id}"
+        )
+    floats = np.asarray(batch.floats, dtype="<f4")
+    bits = np.asarray(batch.bits, dtype=np.uint8)
+    if floats.ndim != 2 or floats.shape[0] != len(shas) or bits.shape[0] != len(shas):
+        raise ValueError(
+            f"extractor returned features of shape {floats.shape}/{bits.shape} "
+            f"for {len(shas)} images"
+        )
+    if bits.shape[1] != (floats.shape[1] + 7) // 8 or not np.isfinite(floats).all():
+        raise ValueError("extractor returned inconsistent or non-finite features")
+    return [
+        {
+            "image_sha256": sha,
+            "extractor_id": extractor_id,
+            "dim": int(floats.shape[1]),
+            "floats": floats[i].tobytes(),
+            "bits": bits[i].tobytes(),
+        }
+        for i, sha in enumerate(shas)
+    ]
+
+
+def _compute(
+    client: SyncExtractor, extractor_id: str, files: list[tuple[str, bytes]]
+) -> list[dict[str, object]]:
+    """One batch through the extractor; if it refuses an image, go one by one and skip that one."""
+    if not files:
+        return []
+    rejected = _rejected_image_error()
+    try:
+        return _rows(extractor_id, [f[0] for f in files], client.features_sync(files))
+    except Exception as exc:
+        if rejected is None or not isinstance(exc, rejected):
+            raise
+        if len(files) == 1:
+            log.warning("extractor refused image %s: %s", files[0][0], exc)
+            return []
+    rows: list[dict[str, object]] = []
+    for sha, data in files:
+        rows += _compute(client, extractor_id, [(sha, data)])
+    return rows
+
+
+def ensure_features(
+    session_factory: sessionmaker[Session],
+    extractor_client: SyncExtractor,
+    dataset_id: str,
+    *,
+    blobs: BlobStore,
+    batch_size: int = 32,
+    progress_cb: ProgressCallback | None = None,
+) -> int:
+    """Compute and store the dataset's missing features for the extractor now serving.
+
+    Idempotent and safe to run concurrently (rows another run stored first are kept). Commits
+    after every batch, so an interrupted run keeps its progress. Returns how many were computed.
+    """
+    extractor_id = str(extractor_client.info_sync()["id"])
+    with session_scope(session_factory) as session:
+        missing = repo.missing_feature_shas(session, dataset_id, extractor_id)
+    total, done, computed = len(missing), 0, 0
+    if progress_cb:
+        progress_cb(0, total)
+    for start in range(0, total, batch_size):
+        shas = missing[start : start + batch_size]
+        files: list[tuple[str, bytes]] = []
+        for sha in shas:
+            try:
+                files.append((sha, blobs.get(image_key(sha))))
+            except BlobNotFound:
+                log.warning("image %s of dataset %s has no blob; skipped", sha, dataset_id)
+        rows = _compute(extractor_client, extractor_id, files)
+        with session_scope(session_factory) as session:
+            repo.insert_features(session, rows)
+        done += len(shas)
+        computed += len(rows)
+        if progress_cb:
+            progress_cb(done, total)
+    return computed
+
+
+def load_features(
+    session: Session, dataset_id: str, extractor_id: str
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """-> (floats (N, D) float32, bits (N, ceil(D/8)) uint8, labels, sha256s), by sha256.
+
+    Only images with cached features are included: call `ensure_features` first.
+    """
+    rows = repo.dataset_features(session, dataset_id, extractor_id)
+    if not rows:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.uint8), [], []
+    dims = {r[2] for r in rows}
+    if len(dims) != 1:
+        raise ValueError(f"cached features of extractor {extractor_id} disagree on width: {dims}")
+    floats = np.stack([np.frombuffer(r[3], dtype="<f4") for r in rows]).astype(np.float32)
+    bits = np.stack([np.frombuffer(r[4], dtype=np.uint8) for r in rows])
+    return floats, bits, [r[1] for r in rows], [r[0] for r in rows]
+
+
+class BackgroundFeaturizer:
+    """Warms the cache after uploads without a job: one run per dataset at a time, best effort.
+
+    A trigger while a run is going marks the dataset for one more pass, so images added during a
+    run are not missed. Errors are logged, never raised: training jobs fill any gap anyway.
+    """
+
+    def __init__(
+        self, session_factory: sessionmaker[Session], client: SyncExtractor, blobs: BlobStore
+    ) -> None:
+        self.session_factory = session_factory
+        self.client = client
+        self.blobs = blobs
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._again: set[str] = set()
+
+    def __call__(self, dataset_id: str) -> None:
+        with self._lock:
+            if dataset_id in self._running:
+                self._again.add(dataset_id)
+                return
+            self._running.add(dataset_id)
+        try:
+            while True:
+                try:
+                    ensure_features(self.session_factory, self.client, dataset_id, blobs=self.blobs)
+                except Exception as exc:
+                    log.warning("background featurize of dataset %s failed: %s", dataset_id, exc)
+                with self._lock:
+                    if dataset_id not in self._again:
+                        self._running.discard(dataset_id)
+                        return
+                    self._again.discard(dataset_id)
+        except BaseException:
+            with self._lock:
+                self._running.discard(dataset_id)
+            raise
