@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-sqlite lint format migration bench clean
+.PHONY: run test test-sqlite lint format migration bench bench-load clean
 
 $(STAMP): pyproject.toml $(wildcard setup.py)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ migration: $(STAMP)
 ## Every benchmark; results land in bench/results/ (linked from the README).
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## Load test: predictions at rising concurrency while a training job runs -> bench/results/load.md
+bench-load: $(STAMP)
+	$(BIN)/python -m bench.load
 
 clean:
 	rm -rf $(VENV) .headhub build *.egg-info

@@ -8,14 +8,35 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from service.blobstore import LocalBlobStore
+from service.datasets.endpoints import router as datasets_router
 from service.db import make_engine, make_sessionmaker
 from service.errors import install_error_handlers
+from service.heads.endpoints import admin_router as admin_heads_router
+from service.heads.endpoints import router as heads_router
 from service.health import router as health_router
+from service.jobs.endpoints import router as jobs_router
+from service.limits import BodySizeLimitMiddleware
+from service.marketplace.endpoints import router as marketplace_router
+from service.metrics import router as metrics_router
+from service.observability import ObservabilityMiddleware
+from service.openapi import install_openapi
+from service.predict.endpoints import router as predict_router
+from service.ratelimit import make_limiter
 from service.settings import Settings, get_settings
 from service.tenants.endpoints import router as tenants_router
 
 # Every domain router, in the order they appear in the OpenAPI document.
-ROUTERS: list[APIRouter] = [health_router, tenants_router]
+ROUTERS: list[APIRouter] = [
+    health_router,
+    metrics_router,
+    tenants_router,
+    datasets_router,
+    jobs_router,
+    heads_router,
+    admin_heads_router,
+    marketplace_router,
+    predict_router,
+]
 
 
 def _make_extractor_client(settings: Settings):  # type: ignore[no-untyped-def]
@@ -52,6 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     assert settings.blob_dir is not None
     app.state.blobs = LocalBlobStore(settings.blob_dir)
     install_error_handlers(app)
+    install_openapi(app)  # shared failures (401, 403, 429, problem+json) on every route
+    app.state.rate_limiter = make_limiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     for router in ROUTERS:
         app.include_router(router)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ObservabilityMiddleware)  # outermost: sees every response
     return app

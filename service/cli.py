@@ -1,9 +1,116 @@
-"""The `headhub` console script (filled in by the ops work)."""
+"""The `headhub` console script: run the service (whole or in parts) and talk to it.
+
+Server commands: `up` (everything, supervised), `api`, `migrate`; `extractor` and `worker` are
+mounted from their packages. Client commands (`upload`, `train`, `predict`, ...) live in
+`service.client_cli`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="headhub: heads on a shared frozen binary extractor")
+from extractor.cli import app as extractor_app
+from service import client_cli
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="headhub: per-task heads on one shared frozen binary feature extractor.",
+    pretty_exceptions_show_locals=False,
+)
+SERVER = "Server (run the service)"
+
+
+@app.command(rich_help_panel=SERVER)
+def up(
+    host: Annotated[str, typer.Option(help="interface for the API")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    data_dir: Annotated[Path, typer.Option(help="SQLite file, blobs and secrets")] = Path(
+        ".headhub"
+    ),
+    extractor_port: Annotated[int | None, typer.Option(help="default: port + 1")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="extractor checkpoint")] = None,
+) -> None:
+    """Everything on one machine: migrate, then extractor + API + worker, until Ctrl-C."""
+    from service.up import UpConfig, run_up
+
+    code = run_up(
+        UpConfig(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            extractor_port=extractor_port,
+            checkpoint=checkpoint,
+        )
+    )
+    raise typer.Exit(code)
+
+
+@app.command(rich_help_panel=SERVER)
+def api(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """The HTTP API alone (uvicorn). SIGTERM lets in-flight requests finish, then exits."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.observability import configure_logging
+    from service.settings import get_settings
+
+    settings = get_settings()
+    configure_logging("api", level=settings.log_level, fmt=settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,  # keep our JSON logging
+        access_log=False,  # the observability middleware logs each request with its id
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        proxy_headers=True,
+    )
+
+
+@app.command(rich_help_panel=SERVER)
+def migrate() -> None:
+    """Bring the database schema to the newest version (idempotent)."""
+    from service.db import migrate as run_migrations
+    from service.settings import get_settings
+
+    settings = get_settings()
+    run_migrations(settings.database_url)
+    where = settings.database_url.split("@")[-1]  # never print a password
+    typer.echo(f"database migrated: {where}")
+
+
+@app.command(rich_help_panel=SERVER)
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="jobs trained at once")] = 1,
+) -> None:
+    """Training worker: claims queued jobs, trains heads, registers versions. SIGTERM drains."""
+    from service.settings import get_settings
+    from service.worker import main as run_worker
+
+    settings = get_settings()
+    try:
+        from service.observability import configure_logging
+
+        configure_logging("worker", level=settings.log_level, fmt=settings.log_format)
+    except ImportError:  # pragma: no cover - logging setup is optional
+        pass
+    raise typer.Exit(run_worker(settings, concurrency=concurrency))
+
+
+# `headhub extractor inspect|serve|train`: the extractor package owns its commands.
+app.add_typer(extractor_app, name="extractor")
+client_cli.register(app)
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

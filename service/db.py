@@ -34,6 +34,27 @@ def as_utc(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+@event.listens_for(Base, "load", propagate=True)
+def _utc_on_load(target: object, _context: object) -> None:
+    _attach_utc(target)
+
+
+@event.listens_for(Base, "refresh", propagate=True)
+def _utc_on_refresh(target: object, _context: object, _attrs: object) -> None:
+    _attach_utc(target)
+
+
+def _attach_utc(target: object) -> None:
+    """Loaded rows carry aware UTC times on every backend, so API bodies are RFC 3339 with an
+    offset and comparisons with `utcnow()` never mix naive and aware datetimes."""
+    from sqlalchemy.orm.attributes import set_committed_value
+
+    state = target.__dict__
+    for key, value in list(state.items()):
+        if isinstance(value, datetime) and value.tzinfo is None:
+            set_committed_value(target, key, value.replace(tzinfo=UTC))
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 

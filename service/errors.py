@@ -131,3 +131,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(
             exc.status_code, str(exc.detail), str(exc.detail), code, getattr(exc, "headers", None)
         )
+
+    # Reliability item 30: the database restarting or unreachable is an expected outage -> 503.
+    from sqlalchemy.exc import InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger("headhub.db").warning("database unavailable: %s", type(exc).__name__)
+        return problem(
+            503,
+            ServiceUnavailable.title,
+            "The database is not answering; retry shortly.",
+            "database_unavailable",
+            {"Retry-After": "5"},
+        )
+
+    for exc_type in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(exc_type, _database_down)

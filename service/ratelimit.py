@@ -24,8 +24,9 @@ class _Bucket:
 
 
 class TokenBucketLimiter:
-    """`rate_per_minute` requests per key on average, bursts up to `burst` (default: a minute's
-    worth over 6 s, at least 10). Thread-safe: sync endpoints run in a thread pool."""
+    """`rate_per_minute` requests per key on average, bursts up to `burst` (default: one minute's
+    worth, so a client that stays under the per-minute figure is never refused). Thread-safe:
+    sync endpoints run in a thread pool."""
 
     def __init__(
         self,
@@ -38,7 +39,7 @@ class TokenBucketLimiter:
         if rate_per_minute <= 0:
             raise ValueError("rate_per_minute must be positive; use no limiter to disable")
         self.rate = rate_per_minute / 60.0  # tokens per second
-        self.burst = float(burst if burst is not None else max(10, rate_per_minute // 10))
+        self.burst = float(burst if burst is not None else rate_per_minute)
         self.max_keys = max_keys
         self._clock = clock
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()

@@ -59,7 +59,7 @@ def train_from_scratch(
             opt.step()
             sched.step()
             clip_latent_weights_(model)
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         if epoch % 5 == 4 or epoch == epochs - 1:
             log(f"  scratch epoch {epoch + 1}/{epochs} loss {total / len(xs):.3f}")
     net.eval()

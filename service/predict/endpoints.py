@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service.deps import BlobsDep, ExtractorDep, PredictDep, SessionDep, SettingsDep
 from service.errors import BadGateway, HeadhubError, PayloadTooLarge, ServiceUnavailable
 from service.heads.deps import HeadCacheDep
+from service.observability import current_request_id
 from service.predict import service
 from service.predict.schemas import FeaturesRequest, PredictResponse
 
@@ -104,7 +105,7 @@ async def predict(
     # database lock or connection is held while the extractor works.
     await run_in_threadpool(session.commit)
     parts = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = current_request_id() or uuid.uuid4().hex  # the id the response echoes
     batch = await _features(extractor, parts, request_id)
     service.check_extractor(planned, batch.extractor_id)
     _check_batch(batch, len(parts))

@@ -29,9 +29,16 @@ class Split:
 
 
 def check_inputs(
-    x_float: np.ndarray | None, x_bits: np.ndarray | None, y: np.ndarray, labels: list[str]
+    x_float: np.ndarray | None,
+    x_bits: np.ndarray | None,
+    y: np.ndarray,
+    labels: list[str],
+    feature_dim: int | None = None,
 ) -> tuple[int, int]:
-    """Return (N, D) after checking shapes, label range and finiteness."""
+    """Return (N, D) after checking shapes, label range and finiteness.
+
+    D comes from X_float, else from `feature_dim` (packed bits alone cannot tell it).
+    """
     if len(labels) < 2:
         raise InvalidTrainingData(f"a head needs at least 2 labels, got {len(labels)}")
     if len(set(labels)) != len(labels):
@@ -45,7 +52,7 @@ def check_inputs(
     n = len(y)
     if x_float is None and x_bits is None:
         raise InvalidTrainingData("no features given")
-    d = -1
+    d = -1 if feature_dim is None else feature_dim
     if x_float is not None:
         if x_float.ndim != 2 or x_float.shape[0] != n:
             raise InvalidTrainingData(f"X_float has shape {x_float.shape}, expected ({n}, D)")
@@ -74,7 +81,7 @@ def stratified_split(y: Tensor, fraction: float, generator: torch.Generator) -> 
     for c in torch.unique(y).tolist():
         idx = torch.nonzero(y == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
-        n_val = int(round(fraction * len(idx)))
+        n_val = round(fraction * len(idx))
         if fraction > 0 and len(idx) >= 2:
             n_val = max(n_val, 1)
         n_val = min(n_val, len(idx) - 1)

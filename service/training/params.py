@@ -62,7 +62,7 @@ _MODELS: dict[str, type[_Common]] = {"float": FloatParams, "binary": BinaryParam
 
 
 def parse_params(head_type: str, params: dict[str, object] | None) -> Params:
-    """Validate `params` for `head_type`, filling defaults; raise `InvalidParams` with a sentence."""
+    """Validate `params` for `head_type`, filling defaults; `InvalidParams` says what is wrong."""
     model = _MODELS.get(head_type)
     if model is None:
         raise InvalidParams(f"unknown head_type {head_type!r}; expected one of {list(HEAD_TYPES)}")

@@ -1,0 +1,335 @@
+"""XOR-popcount kernels against the float reference and the float teacher, in one run.
+
+    .venv/bin/python -m bench.kernels_bench [--checkpoint PATH] [--batches 1 32] [--reps 30]
+
+On the same normalized inputs it times `forward_features` of
+- `fast`: `extractor.fast.build_fast_model` (bit-packed binary layers on the compiled kernels);
+- `reference`: the folded float reference path (`--reference`: ±1 values in float tensors);
+- `teacher`: EfficientNet-Lite0 (`extractor.teacher`), pretrained weights when installed, else the
+  same architecture randomly initialised (identical cost), on the same 112x112 inputs.
+The three are timed round-robin (one call each per round), so background load hits them alike;
+p50/p90 are per-batch wall latencies. It then breaks each path down per layer (wall time of each
+module, and for the fast path packing, conv kernel and layout copies), gives each binary conv's
+achieved binary multiply-adds per ns against the measured single-core kernel ceiling, and writes
+Markdown to `bench/results/kernels.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from extractor.fast import FastBinaryLayer, FastExtractor, build_fast_model
+from extractor.kernels import ops
+
+RESULTS = Path(__file__).resolve().parent / "results" / "kernels.md"
+Forward = Callable[[Tensor], Tensor]
+# Per-layer clock: with one thread all work is on the calling thread, and its CPU time is immune
+# to other processes' load; with more threads only wall time covers the workers.
+_clock = time.perf_counter
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _teacher() -> tuple[nn.Module | None, str]:
+    try:
+        from extractor.teacher import EfficientNetLite0, load_teacher
+    except ImportError as exc:
+        return None, f"absent ({exc})"
+    try:
+        return load_teacher(), "EfficientNet-Lite0, pretrained weights"
+    except Exception as exc:  # weights package not installed: the cost does not depend on them
+        model = EfficientNetLite0().eval().requires_grad_(False)
+        return model, f"EfficientNet-Lite0, random init (weights unavailable: {type(exc).__name__})"
+
+
+def round_robin(
+    paths: dict[str, Forward], x: Tensor, reps: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per-path wall latencies and process CPU seconds per call, each path once per round."""
+    laps: dict[str, list[float]] = {name: [] for name in paths}
+    cpu: dict[str, list[float]] = {name: [] for name in paths}
+    with torch.inference_mode():
+        for f in paths.values():
+            f(x)  # warm-up: allocator, oneDNN primitive cache, prepared weights
+        for _ in range(reps):
+            for name, f in paths.items():
+                c0, t0 = time.process_time(), time.perf_counter()
+                f(x)
+                laps[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    return laps, cpu
+
+
+def _pct(v: list[float], q: float) -> float:
+    s = sorted(v)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+@contextmanager
+def module_timer(modules: dict[str, nn.Module], acc: dict[str, float]) -> Iterator[None]:
+    """Accumulate wall time per named module via forward hooks."""
+    starts: dict[str, float] = {}
+    handles = []
+    for name, m in modules.items():
+
+        def pre(_m: nn.Module, _i: Any, name: str = name) -> None:
+            starts[name] = _clock()
+
+        def post(_m: nn.Module, _i: Any, _o: Any, name: str = name) -> None:
+            acc[name] += _clock() - starts[name]
+
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def op_timer(acc: dict[str, float], macs: dict[str, float]) -> Iterator[None]:
+    """Time the kernel wrappers called by extractor.fast (packing, conv, layout copies)."""
+    names = ["pack_nchw", "pack_rows", "binary_conv2d", "binary_linear", "to_channels_last"]
+    names += ["to_contiguous"]
+    saved = {n: getattr(ops, n) for n in names}
+
+    def wrap(n: str, f: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        def timed(*a: Any, **k: Any) -> Tensor:
+            t0 = _clock()
+            out = f(*a, **k)
+            acc[f"op:{n}"] += _clock() - t0
+            if n == "binary_conv2d":
+                kh, kw = a[3]
+                key = f"conv {a[2]}->{out.shape[1]} @{out.shape[2]}x{out.shape[3]}"
+                macs[key] += out.numel() * a[2] * kh * kw
+                acc[f"mac:{key}"] += _clock() - t0
+            return out
+
+        return timed
+
+    for n, f in saved.items():
+        setattr(ops, n, wrap(n, f))
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(ops, n, f)
+
+
+def _named_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """Top-level pieces worth timing: stem, each stage's children, final."""
+    parts: dict[str, nn.Module] = {}
+    for name, child in model.named_children():
+        if name == "stages":
+            for si, stage in enumerate(child):
+                for bi, block in enumerate(stage):
+                    kind = "downsample" if bi == 0 else f"block {bi}"
+                    parts[f"stage {si} {kind}"] = block
+        elif name != "head":
+            parts[name] = child
+    return parts
+
+
+def breakdown(
+    model: nn.Module, forward: Forward, x: Tensor, reps: int, fast: bool
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """Mean ms per batch per part (and per op for the fast path), MACs per conv, total ms."""
+    acc: dict[str, float] = defaultdict(float)
+    macs: dict[str, float] = defaultdict(float)
+    parts = _named_parts(model)
+    with torch.inference_mode():
+        forward(x)
+        t0 = _clock()
+        with module_timer(parts, acc):
+            if fast:
+                with op_timer(acc, macs):
+                    for _ in range(reps):
+                        forward(x)
+            else:
+                for _ in range(reps):
+                    forward(x)
+        total = (_clock() - t0) / reps * 1e3
+    ms = {k: v / reps * 1e3 for k, v in acc.items()}
+    return ms, {k: v / reps for k, v in macs.items()}, total
+
+
+def ceilings() -> dict[str, dict[int, float]]:
+    """Single-thread kernel throughput (binary MACs per ns) per instruction set and Kw."""
+    native = ops._native
+    if native is None:
+        return {}
+    active = native.isa()
+    out: dict[str, dict[int, float]] = {}
+    try:
+        for isa in ops.supported_instruction_sets():
+            native.set_isa(isa)
+            out[isa] = {kw: native.peak_macs_per_ns(kw, 48, 64, 400) for kw in (9, 18, 36, 72)}
+    finally:
+        native.set_isa(active)
+    return out
+
+
+def run(args: argparse.Namespace) -> str:
+    global _clock
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    _clock = time.thread_time if args.threads == 1 else time.perf_counter
+    loaded = load_checkpoint(args.checkpoint)
+    fast = build_fast_model(loaded)
+    ref_model = loaded.model
+    teacher, teacher_note = _teacher()
+    size = loaded.pretrained_cfg["input_size"][-1]
+    load0 = os.getloadavg()
+    lines = [
+        "# Binary kernels: fast path vs float reference vs float teacher",
+        "",
+        f"- command: `.venv/bin/python -m bench.kernels_bench {' '.join(args.argv)}`".rstrip(),
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- CPU: {_cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {args.threads}, "
+        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})",
+        f"- kernels: backend `{ops.backend()}`, instruction set `{ops.instruction_set()}`, "
+        f"supported {ops.supported_instruction_sets()}",
+        f"- checkpoint: `{loaded.arch}` {loaded.id[:12]}, input {size}x{size}; teacher: {teacher_note}",
+        f"- load average at start (1/5/15 min): {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} "
+        "(the machine is shared; paths are timed round-robin so load hits them alike)",
+        "",
+    ]
+    ceil = ceilings()
+    if ceil:
+        lines += [
+            "## Kernel ceiling (one thread, operands in cache, binary multiply-adds per ns)",
+            "",
+            "| instruction set | Kw=9 (C=64) | Kw=18 | Kw=36 | Kw=72 (C=512) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {isa} | " + " | ".join(f"{v:.0f}" for v in d.values()) + " |" for isa, d in ceil.items()]
+        lines.append("")
+    active = ceil.get(ops.instruction_set(), {})
+    peak = max(active.values()) if active else float("nan")
+
+    paths: dict[str, Forward] = {
+        "fast": fast.forward_features,
+        "reference": lambda t: ref_model.forward_features(t),  # type: ignore[operator]
+    }
+    if teacher is not None:
+        paths["teacher"] = lambda t: teacher.forward_features(t)  # type: ignore[operator,union-attr]
+    lines += [
+        "## Throughput (wall clock, same inputs)",
+        "",
+        "| batch | path | images/s (p50) | p50 ms/batch | p90 ms/batch | p50 CPU ms/batch | "
+        "vs reference (p50) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    summary: dict[int, dict[str, float]] = {}
+    for bs in args.batches:
+        x = torch.randn(bs, 3, size, size)
+        reps = max(5, args.reps if bs == 1 else args.reps // 3)
+        laps, cpu = round_robin(paths, x, reps)
+        p50 = {n: _pct(v, 0.5) for n, v in laps.items()}
+        summary[bs] = p50
+        for name, v in laps.items():
+            lines.append(
+                f"| {bs} | {name} | {bs / p50[name]:.1f} | {p50[name] * 1e3:.2f} | "
+                f"{_pct(v, 0.9) * 1e3:.2f} | {_pct(cpu[name], 0.5) * 1e3:.2f} | "
+                f"{p50['reference'] / p50[name]:.2f}x |"
+            )
+    lines.append("")
+    for bs in args.batches:
+        x = torch.randn(bs, 3, size, size)
+        reps = max(3, args.reps // (1 if bs == 1 else 3))
+        lines += breakdown_table(fast, ref_model, x, reps, peak, args.threads)
+    load1 = os.getloadavg()
+    lines += [
+        f"Load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}.",
+        "",
+        "Speedup (p50 reference / p50 fast): "
+        + ", ".join(f"batch {b}: {s['reference'] / s['fast']:.2f}x" for b, s in summary.items())
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def breakdown_table(
+    fast: FastExtractor, ref: nn.Module, x: Tensor, reps: int, peak: float, threads: int
+) -> list[str]:
+    bs = x.shape[0]
+    f_ms, macs, f_total = breakdown(fast.model, fast.forward_features, x, reps, fast=True)
+    r_ms, _, r_total = breakdown(ref, lambda t: ref.forward_features(t), x, reps, fast=False)  # type: ignore[operator]
+    clock = "thread CPU" if threads == 1 else "wall"
+    lines = [
+        f"## Per-layer {clock} time, batch {bs} (mean of {reps} calls, hooks included)",
+        "",
+        "| part | reference ms | fast ms |",
+        "|---|---|---|",
+    ]
+    for name in _named_parts(ref):
+        lines.append(f"| {name} | {r_ms.get(name, 0):.3f} | {f_ms.get(name, 0):.3f} |")
+    lines.append(f"| whole forward_features | {r_total:.3f} | {f_total:.3f} |")
+    lines += ["", "Fast path by operation (summed over layers):", ""]
+    lines += ["| operation | ms | share of fast total |", "|---|---|---|"]
+    for k, v in sorted(f_ms.items()):
+        if k.startswith("op:"):
+            lines.append(f"| {k[3:]} | {v:.3f} | {100 * v / f_total:.0f}% |")
+    lines += [
+        "",
+        f"Binary convs, achieved binary multiply-adds per ns (kernel call incl. im2col and epilogue) "
+        f"against the one-thread ceiling {peak:.0f}/ns x {threads} threads:",
+        "",
+        "| conv | MMACs | ms | MACs/ns | of ceiling |",
+        "|---|---|---|---|---|",
+    ]
+    for key, n in macs.items():
+        t = f_ms[f"mac:{key}"]
+        rate = n / (t * 1e6)
+        lines.append(
+            f"| {key} | {n / 1e6:.1f} | {t:.3f} | {rate:.0f} | {100 * rate / (peak * threads):.0f}% |"
+        )
+    lines.append("")
+    n_layers = sum(isinstance(m, FastBinaryLayer) for m in fast.modules())
+    lines.append(f"({n_layers} binary layers on the kernels.)")
+    lines.append("")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m bench.kernels_bench", description=__doc__)
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--reps", type=int, default=30, help="rounds at batch 1 (a third above)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+    report = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+    print(f"wrote {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

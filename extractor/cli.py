@@ -1,0 +1,161 @@
+"""`headhub extractor ...` commands (mounted by service/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from extractor.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
+
+app = typer.Typer(no_args_is_help=True, help="The shared binary feature extractor.")
+
+
+def _mb(n: int) -> str:
+    return f"{n:,} B ({n / 1e6:.2f} MB)"
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(DEFAULT_CHECKPOINT, help="checkpoint (.safetensors)"),
+) -> None:
+    """Print a checkpoint's id, architecture, parameter counts and packed vs float32 size."""
+    try:
+        ext = load_checkpoint(path)
+    except CheckpointError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    info = ext.info()
+    prov = ext.metadata.get("provenance", {})
+    rows = [
+        ("path", str(path)),
+        ("id", info["id"]),
+        ("architecture", info["architecture"]),
+        ("input_size", "x".join(str(d) for d in info["input_size"])),
+        ("feature_dim", str(info["feature_dim"])),
+        ("parameters", f"{info['parameters']:,}"),
+        ("  binary (1 bit)", f"{info['binary_parameters']:,}"),
+        ("  real (float32)", f"{info['real_parameters']:,}"),
+        ("size", _mb(info["size_bytes"])),
+        ("bits per parameter", f"{info['bits_per_weight']:.3f}"),
+        ("float32 size", _mb(info["float32_bytes"])),
+        ("compression", f"{info['float32_bytes'] / info['size_bytes']:.1f}x"),
+        ("provenance", ", ".join(f"{k}={v}" for k, v in prov.items())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+    port: int = typer.Option(8001, help="TCP port"),
+    checkpoint: Path | None = typer.Option(
+        None,
+        envvar="HEADHUB_EXTRACTOR_CHECKPOINT",
+        help="checkpoint to serve (default: the one shipped in the repo)",
+    ),
+    reference: bool = typer.Option(
+        False, "--reference", help="serve the float PyTorch reference path, not fast kernels"
+    ),
+    max_batch: int = typer.Option(32, help="largest dynamic batch"),
+    max_wait_ms: float = typer.Option(5.0, help="longest wait for a batch to fill"),
+    queue_size: int = typer.Option(256, help="queued images before answering 503"),
+    threads: int | None = typer.Option(
+        None, help="torch intra-op threads (default: torch's, one per physical core)"
+    ),
+) -> None:
+    """Serve features over HTTP: load the network once, frozen, and batch requests dynamically."""
+    import contextlib
+
+    import torch
+    import uvicorn
+
+    from extractor.metrics import configure_json_logging
+    from extractor.server import create_app
+
+    log_config = configure_json_logging()
+    # One inference thread; parallelism is intra-op. Raises if torch already ran parallel work.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+    try:
+        app_ = create_app(
+            checkpoint or DEFAULT_CHECKPOINT,
+            reference=reference,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            queue_size=queue_size,
+            threads=threads,
+        )
+    except CheckpointError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    uvicorn.run(app_, host=host, port=port, log_config=log_config, access_log=False)
+
+
+@app.command()
+def train(
+    out: Path | None = typer.Option(
+        None, "--out", help="run directory (state.pt, train.log, metrics.jsonl)"
+    ),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out exactly"),
+    export: Path | None = typer.Option(
+        None, "--export", help="only pack the run in this directory into --checkpoint, then exit"
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, help="where the packed extractor goes (default: OUT/extractor.safetensors)"
+    ),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    minutes: float | None = typer.Option(
+        None, help="training-time budget; the LR schedule follows the clock"
+    ),
+    steps: int | None = typer.Option(None, help="fixed number of steps (overrides --minutes)"),
+    batch: int = typer.Option(128, help="images per step"),
+    lr: float = typer.Option(1e-3, help="peak Adam learning rate (warm-up, then cosine)"),
+    stage1_frac: float = typer.Option(0.3, help="share of the schedule in stage 1"),
+    stage1_real: str = typer.Option(
+        "weights", help="stage 1 keeps these real: weights|activations|none"
+    ),
+    teacher_size: int = typer.Option(128, help="teacher input side (same crop as the student)"),
+    procedural: int = typer.Option(6000, help="procedural images in the corpus"),
+    threads: int = typer.Option(2, help="torch threads"),
+    ckpt_minutes: float = typer.Option(5.0, help="minutes between checkpoints"),
+    eval_minutes: float = typer.Option(10.0, help="minutes between held-out evaluations"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Distil the EfficientNet-Lite0 teacher into the default binary extractor (issue 6)."""
+    from extractor.distill.corpus import CorpusConfig
+    from extractor.distill.train import DistillError, TrainConfig, Trainer, command_line
+
+    try:
+        if export is not None:
+            trainer = Trainer.resume(export, device="cpu", threads=threads)
+            target = checkpoint or export / "extractor.safetensors"
+            typer.echo(f"exported {target}: id {trainer.export(target)}")
+            return
+        if out is None:
+            raise DistillError("--out RUN_DIR is required (or --export RUN_DIR)")
+        if resume:
+            trainer = Trainer.resume(out, device=device, threads=threads)
+        else:
+            if (out / "state.pt").exists():
+                raise DistillError(f"{out} already holds a run: pass --resume or another --out")
+            cfg = TrainConfig(
+                out=out, steps=steps, minutes=None if steps else minutes, batch=batch, lr=lr,
+                stage1_frac=stage1_frac, stage1_real=stage1_real, teacher_size=teacher_size,
+                device=device, threads=threads, ckpt_minutes=ckpt_minutes,
+                eval_minutes=eval_minutes, seed=seed, command=command_line(),
+                corpus=CorpusConfig(procedural_train=procedural, seed=seed),
+            )  # fmt: skip
+            trainer = Trainer(cfg)
+        trainer.run()
+        target = checkpoint or out / "extractor.safetensors"
+        typer.echo(f"exported {target}: id {trainer.export(target)}")
+    except DistillError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+
+
+if __name__ == "__main__":
+    app()

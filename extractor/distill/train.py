@@ -1,0 +1,417 @@
+"""Distil the float EfficientNet-Lite0 teacher into the binary extractor, on a 2-core CPU.
+
+Loss per batch (no labels anywhere):
+    KL(softmax(t / T) || softmax(s / T)) * T^2          (Hinton et al. 2015; T = 4)
+  + cos_weight * (1 - cos(P f_s, f_t))                  (pooled features; P is a throwaway linear)
+The teacher labels each augmented (and mixed) view online, on the very crop the student sees
+(Beyer et al. 2022, "function matching"). Adam, linear warm-up then cosine decay. Two stages
+(ReActNet, Liu et al. 2020): stage 1 keeps one of {weights, activations} real, stage 2 is fully
+binary. Latent weights are clipped to [-1, 1] after every step (BinaryNet).
+
+State (`state.pt` in the run dir) holds the model, projection, optimizer, step, the data
+generator and the RNG states, written atomically every few minutes: `--resume` continues the
+same run exactly, batch for batch. The learning rate is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from extractor.distill.augment import full_views, mix, sample_views, student_input
+from extractor.distill.corpus import Corpus, CorpusConfig, build_corpus
+from extractor.layers import set_binarize
+from extractor.models import DEFAULT_ARCH, create_model
+from extractor.quantizers import clip_latent_weights_
+from extractor.teacher import TEACHER_NAME, load_teacher, normalize_uint8
+
+__all__ = ["DistillError", "TrainConfig", "Trainer", "export_run", "lr_at"]
+
+STATE_FILE = "state.pt"
+CL = torch.channels_last
+
+
+class DistillError(RuntimeError):
+    """A run directory that cannot be started, resumed or exported as asked."""
+
+
+@dataclass
+class TrainConfig:
+    out: Path
+    steps: int | None = None  # fixed length (exactly reproducible, also across --resume)
+    minutes: float | None = None  # or a training-time budget: the schedule follows the clock
+    arch: str = DEFAULT_ARCH
+    arch_overrides: dict[str, Any] = field(default_factory=dict)
+    batch: int = 128
+    lr: float = 1e-3  # peak; the probe's 2e-3 kept agreement flat until the rate decayed
+    warmup_frac: float = 0.03
+    stage1_frac: float = 0.3  # share of the schedule with one of weights/activations real
+    stage1_real: str = "weights"  # "weights" (ReActNet), "activations", or "none"
+    temperature: float = 4.0
+    cos_weight: float = 2.0
+    teacher_size: int = 128  # the teacher sees the crop at this size; the student, downsampled
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    p_mixup: float = 0.4
+    p_cutmix: float = 0.4
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 2
+    ckpt_minutes: float = 5.0
+    eval_minutes: float = 10.0
+    log_seconds: float = 30.0
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    command: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        corpus = dict(d.pop("corpus"))
+        for k in ("cache_dir", "clipart_root", "fashion_root"):
+            if corpus.get(k) is not None:
+                corpus[k] = Path(corpus[k])
+        d["crop_scale"] = tuple(d["crop_scale"])
+        return cls(**{**d, "out": Path(d["out"]), "corpus": CorpusConfig(**corpus)})
+
+
+def lr_at(progress: float, peak: float, warmup_frac: float) -> float:
+    """Linear warm-up to `peak` over `warmup_frac` of the run, then cosine decay to zero.
+
+    `progress` in [0, 1] is steps done / steps planned, or, in a time-budgeted run, training
+    seconds / budget: on a shared 2-core machine the speed varies too much to fix steps ahead.
+    """
+    p = min(max(progress, 0.0), 1.0)
+    if p < warmup_frac:
+        return peak * max(p / warmup_frac, 0.01)
+    t = (p - warmup_frac) / max(1e-9, 1 - warmup_frac)
+    return peak * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """One distillation run in `cfg.out`; `run()` trains to the end, `export()` packs it."""
+
+    def __init__(self, cfg: TrainConfig, *, echo: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.echo = echo or (lambda s: print(s, flush=True))
+        torch.set_num_threads(cfg.threads)
+        self.device = torch.device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.student = create_model(cfg.arch, **cfg.arch_overrides).to(
+            self.device, memory_format=CL
+        )
+        self.teacher = load_teacher(self.device).to(memory_format=CL)
+        self.proj = nn.Linear(self.student.feature_dim, self.teacher.feature_dim).to(self.device)
+        self.params = list(self.student.parameters()) + list(self.proj.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.images_seen = 0
+        self.train_seconds = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.baseline: dict[str, float] | None = None
+        self.corpus: Corpus = build_corpus(cfg.corpus)
+        self._val = self._val_targets()
+
+    # ---- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_json(),
+            "student": self.student.state_dict(),
+            "proj": self.proj.state_dict(),
+            "opt": self.opt.state_dict(),
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            "step": self.step,
+            "images_seen": self.images_seen,
+            "train_seconds": self.train_seconds,
+            "history": self.history,
+            "baseline": self.baseline,
+        }
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.step, self.train_seconds = int(s["step"]), float(s["train_seconds"])
+        self._set_stage()  # the stage decides which parameters the forward uses; set it first
+        self.student.load_state_dict(s["student"])
+        self.proj.load_state_dict(s["proj"])
+        self.opt.load_state_dict(s["opt"])
+        self.gen.set_state(s["gen"])
+        torch.set_rng_state(s["torch_rng"])
+        np.random.set_state(s["numpy_rng"])
+        random.setstate(s["python_rng"])
+        self.images_seen = int(s["images_seen"])
+        self.history = list(s["history"])
+        self.baseline = s["baseline"]
+
+    def save(self) -> Path:
+        path = self.out / STATE_FILE
+        _atomic_save(self.state_dict(), path)
+        return path
+
+    @classmethod
+    def resume(cls, out: Path, **overrides: Any) -> Trainer:
+        """Rebuild the run stored in `out` (config from the state; `overrides` e.g. device)."""
+        path = Path(out) / STATE_FILE
+        if not path.exists():
+            raise DistillError(f"nothing to resume: {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = TrainConfig.from_json(state["config"])
+        cfg = dataclasses.replace(cfg, **overrides)
+        trainer = cls(cfg)
+        trainer.load_state_dict(state)
+        return trainer
+
+    # ---- schedule -------------------------------------------------------------------------
+    def progress(self) -> float:
+        """Share of the run done: steps / planned steps, or training seconds / budget."""
+        if self.cfg.steps:
+            return self.step / self.cfg.steps
+        if self.cfg.minutes:
+            return self.train_seconds / (self.cfg.minutes * 60)
+        raise DistillError("give --steps or --minutes")
+
+    def finished(self) -> bool:
+        return self.progress() >= 1.0
+
+    def in_stage1(self) -> bool:
+        return self.cfg.stage1_real != "none" and self.progress() < self.cfg.stage1_frac
+
+    def _set_stage(self) -> int:
+        if self.in_stage1():
+            real = self.cfg.stage1_real
+            set_binarize(self.student, activations=real != "activations", weights=real != "weights")
+            return 1
+        set_binarize(self.student, activations=True, weights=True)
+        return 2
+
+    # ---- data and loss --------------------------------------------------------------------
+    def _batch(self, gen: torch.Generator) -> Tensor:
+        c = self.cfg
+        x = sample_views(self.corpus.train, c.batch, c.teacher_size, gen, scale=c.crop_scale)
+        return mix(x, gen, c.p_mixup, c.p_cutmix).to(self.device)
+
+    @torch.no_grad()
+    def _teach(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        f = self.teacher.forward_features(normalize_uint8(x).contiguous(memory_format=CL))
+        return f, self.teacher.forward_head(f)
+
+    def _student(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        s_in = student_input(x, self.student.pretrained_cfg).contiguous(memory_format=CL)
+        f = self.student.forward_features(s_in)
+        return f, self.student.forward_head(f)
+
+    def _loss(self, sf: Tensor, sl: Tensor, tf: Tensor, tl: Tensor) -> tuple[Tensor, Tensor]:
+        t = self.cfg.temperature
+        kl = F.kl_div(
+            F.log_softmax(sl / t, -1),
+            F.log_softmax(tl / t, -1),
+            log_target=True,
+            reduction="batchmean",
+        ) * (t * t)
+        cos = 1 - F.cosine_similarity(self.proj(sf), tf, dim=-1).mean()
+        return kl, cos
+
+    def train_step(self) -> dict[str, float]:
+        self._set_stage()
+        p = (self.step + 0.5) / self.cfg.steps if self.cfg.steps else self.progress()
+        lr = lr_at(p, self.cfg.lr, self.cfg.warmup_frac)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        x = self._batch(self.gen)
+        tf, tl = self._teach(x)
+        sf, sl = self._student(x)
+        kl, cos = self._loss(sf, sl, tf, tl)
+        loss = kl + self.cfg.cos_weight * cos
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        clip_latent_weights_(self.student)
+        self.step += 1
+        self.images_seen += x.shape[0]
+        return {"loss": loss.item(), "kl": kl.item(), "cos": cos.item(), "lr": lr}
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def _val_targets(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+        out = {}
+        for src in self.corpus.val:
+            x = full_views(src, self.cfg.teacher_size)
+            fs, ls = zip(*(self._teach(c.to(self.device)) for c in x.split(128)), strict=True)
+            out[src.name] = (x, torch.cat(fs).cpu(), torch.cat(ls).cpu())
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Teacher top-1 agreement, feature cosine and KL on the held-out validation views."""
+        was_training = self.student.training
+        self.student.eval()
+        res: dict[str, float] = {}
+        agree_all, n_all, cos_all = 0.0, 0, 0.0
+        for name, (x, tf, tl) in self._val.items():
+            sfs, sls = zip(*(self._student(c.to(self.device)) for c in x.split(128)), strict=True)
+            sf, sl = torch.cat(sfs), torch.cat(sls)
+            tf, tl = tf.to(self.device), tl.to(self.device)
+            agree = (sl.argmax(-1) == tl.argmax(-1)).float()
+            cos = F.cosine_similarity(self.proj(sf), tf, dim=-1)
+            kl, _ = self._loss(sf, sl, tf, tl)
+            res[f"{name}/agree"] = agree.mean().item()
+            res[f"{name}/cos"] = cos.mean().item()
+            res[f"{name}/kl"] = kl.item()
+            agree_all += agree.sum().item()
+            cos_all += cos.sum().item()
+            n_all += len(agree)
+        res["agree"] = agree_all / max(1, n_all)
+        res["cos"] = cos_all / max(1, n_all)
+        self.student.train(was_training)
+        return res
+
+    # ---- the loop -------------------------------------------------------------------------
+    def _log(self, line: str, record: dict[str, Any] | None = None) -> None:
+        self.echo(line)
+        with open(self.out / "train.log", "a") as f:
+            f.write(line + "\n")
+        if record is not None:
+            self.history.append(record)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _eval_and_log(self) -> dict[str, float]:
+        res = self.evaluate()
+        if self.baseline is None and self.step == 0:
+            self.baseline = res
+        detail = " ".join(f"{k}={v:.3f}" for k, v in res.items() if "/" in k and "kl" not in k)
+        self._log(
+            f"eval step {self.step}: agree {res['agree']:.3f} cos {res['cos']:.3f} ({detail})",
+            {
+                "kind": "eval",
+                "step": self.step,
+                "images": self.images_seen,
+                "minutes": self.train_seconds / 60,
+                **res,
+            },
+        )
+        return res
+
+    def run(self) -> None:
+        """Train to the end of the schedule, logging, evaluating and checkpointing on the way."""
+        c = self.cfg
+        self.progress()  # raises without --steps/--minutes
+        if self.step == 0:
+            self._log(f"corpus: {json.dumps(self.corpus.summary())}")
+            self._log(f"config: {json.dumps(c.to_json())}")
+            self._eval_and_log()
+        else:
+            self._log(f"resumed at step {self.step}, progress {self.progress():.3f}")
+        t_ckpt = t_eval = t_log = time.monotonic()
+        window: list[dict[str, float]] = []
+        window_t, window_imgs = time.monotonic(), 0
+        while not self.finished():
+            t0 = time.monotonic()
+            window.append(self.train_step())
+            now = time.monotonic()
+            self.train_seconds += now - t0
+            window_imgs += c.batch
+            if now - t_log >= c.log_seconds or self.finished():
+                ips = window_imgs / max(1e-9, now - window_t)
+                avg = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                p = self.progress()
+                if c.steps:
+                    eta = (c.steps - self.step) * (now - window_t) / len(window)
+                else:
+                    eta = (1 - p) * (c.minutes or 0) * 60
+                stage = 1 if self.in_stage1() else 2
+                self._log(
+                    f"step {self.step} ({100 * p:.1f}%) stage {stage} {ips:.1f} img/s "
+                    f"loss {avg['loss']:.4f} (kl {avg['kl']:.4f} cos {avg['cos']:.4f}) "
+                    f"lr {avg['lr']:.2e} eta {eta / 60:.1f} min",
+                    {
+                        "kind": "train",
+                        "step": self.step,
+                        "images": self.images_seen,
+                        "minutes": self.train_seconds / 60,
+                        "ips": ips,
+                        "stage": stage,
+                        **avg,
+                    },
+                )
+                t_log, window_t, window_imgs, window = now, now, 0, []
+            if now - t_eval >= c.eval_minutes * 60:
+                self._eval_and_log()
+                t_eval = time.monotonic()
+            if now - t_ckpt >= c.ckpt_minutes * 60:
+                self.save()
+                t_ckpt = time.monotonic()
+        self._set_stage()
+        self._eval_and_log()
+        self.save()
+        self._log(
+            f"done: {self.step} steps, {self.images_seen} images, {self.train_seconds / 60:.1f} min"
+        )
+
+    # ---- export ---------------------------------------------------------------------------
+    def provenance(self) -> dict[str, Any]:
+        last = next((h for h in reversed(self.history) if h.get("kind") == "eval"), None)
+        return {
+            "kind": "distilled",
+            "teacher": TEACHER_NAME,
+            "corpus": self.corpus.summary(),
+            "steps": self.step,
+            "images_seen": self.images_seen,
+            "minutes": round(self.train_seconds / 60, 1),
+            "command": self.cfg.command,
+            "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "loss": "KL(T=4)*T^2 + cos_weight*(1-cos) on teacher pooled features",
+            "heldout_agreement": None if last is None else round(last["agree"], 4),
+            "heldout_cosine": None if last is None else round(last["cos"], 4),
+            "random_init_agreement": None
+            if not self.baseline
+            else round(self.baseline["agree"], 4),
+        }
+
+    def export(self, path: Path) -> str:
+        from extractor.checkpoint import save_checkpoint
+
+        if self.in_stage1():
+            raise DistillError(
+                f"step {self.step} is still in stage 1; export needs a fully binary net"
+            )
+        self._set_stage()
+        self.student.eval()
+        model = copy.deepcopy(self.student).cpu().to(memory_format=torch.contiguous_format)
+        return save_checkpoint(model, path, self.provenance())
+
+
+def export_run(out: Path, path: Path) -> str:
+    """Pack the student stored in run dir `out` into an extractor checkpoint at `path`."""
+    trainer = Trainer.resume(out)
+    return trainer.export(path)
+
+
+def command_line() -> str:
+    return " ".join(["headhub", *sys.argv[1:]]) if sys.argv else ""

@@ -1,0 +1,281 @@
+"""The fast inference network: the loaded reference network with its binary layers on popcount kernels.
+
+`build_fast_model(loaded)` copies the folded reference network (`checkpoint.load_checkpoint`) and
+swaps every `FoldedBinaryLayer` that takes sign inputs for a `FastBinaryLayer` (pack sign(x + b)
+into 64-bit words, XOR-popcount conv/linear, folded affine in the epilogue); a Bi-Real block
+`x + unit(x)` becomes one kernel call with the residual fused. The real-valued parts (stem,
+downsampling, BN, PReLU, pooling) stay the same torch modules; the kernels write channels-last
+(NHWC) tensors, and real convs and the final global pool get NCHW-contiguous input as in the
+reference, so their float rounding is the reference's.
+
+Equivalence: the kernels reproduce the reference's float ops one rounding at a time, so every
+binary layer sees identical sign bits and the features match (tests/extractor/test_kernels.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import torch
+from torch import Tensor, nn
+
+from extractor.kernels import ops
+from extractor.layers import FoldedBinaryLayer, affine
+
+__all__ = ["FastBinaryLayer", "FastBiRealBlock", "FastExtractor", "build_fast_model"]
+
+
+class Workspace(threading.local):
+    """Per-thread output buffers reused across calls, one per (layer, role).
+
+    Fresh multi-megabyte tensors cost a page fault per 4 KiB on first touch, as much as the binary
+    conv itself at batch 32. Each buffer is sized for the largest batch seen and sliced for smaller
+    ones; every intermediate is dead once `forward_features` returns (its result is a new tensor),
+    so reuse is safe, and thread-local buffers keep concurrent callers apart.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[int, str], Tensor] = {}
+
+    def take(self, owner: nn.Module, role: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        key = (id(owner), role)
+        buf = self.buffers.get(key)
+        if buf is None or buf.dtype != dtype or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+            buf = torch.empty(shape, dtype=dtype)
+            self.buffers[key] = buf
+        return buf[: shape[0]]
+
+
+class FastBinaryLayer(nn.Module):
+    """Kernel form of a `FoldedBinaryLayer` with binary input; same function, packed weights.
+
+    `trace`, when set to a list, collects the packed input bits (tests compare them per layer).
+    """
+
+    def __init__(self, folded: FoldedBinaryLayer, workspace: Workspace | None = None) -> None:
+        super().__init__()
+        self.workspace = workspace or Workspace()
+        if not folded.binary_input:
+            raise ValueError("a layer fed real values has no popcount form")
+        w = folded.weight.detach()
+        self.kind = folded.kind
+        self.in_channels = int(w.shape[1])
+        self.kernel_size = (int(w.shape[2]), int(w.shape[3])) if self.kind == "conv" else (1, 1)
+        self.stride, self.padding, self.pool = folded.stride, folded.padding, folded.pool
+        packed = ops.pack_conv_weight(w) if self.kind == "conv" else ops.pack_linear_weight(w)
+        self.weight = ops.PreparedWeight(packed)
+        self.register_buffer("scale", folded.scale.detach().float().contiguous())
+        self.register_buffer("bias", folded.bias.detach().float().contiguous())
+        t = folded.threshold
+        self.register_buffer("threshold", None if t is None else t.detach().float().contiguous())
+        self.trace: list[Tensor] | None = None
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        conv = self.kind == "conv"
+        if conv:
+            n, c, h, w = x.shape
+            words = self.workspace.take(self, "bits", (n, h, w, ops.words_for(c)), torch.int64)
+            bits = ops.pack_nchw(x, self.threshold, out=words)
+        else:
+            bits = ops.pack_rows(x, self.threshold)
+        if self.trace is not None:
+            self.trace.append(bits)
+        fused = self.pool is None  # a pool sits between the conv and the affine (AlexNet)
+        scale, bias = (self.scale, self.bias) if fused else (None, None)
+        if conv:
+            kh, kw = self.kernel_size
+            ho = (h + 2 * self.padding - kh) // self.stride + 1
+            wo = (w + 2 * self.padding - kw) // self.stride + 1
+            o = self.weight.out_features
+            buf = self.workspace.take(self, "out", (n, ho, wo, o), torch.float32)
+            y = ops.binary_conv2d(
+                bits,
+                self.weight,
+                self.in_channels,
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                scale,
+                bias,
+                residual if fused else None,
+                out=buf,
+            )
+        else:
+            y = ops.binary_linear(
+                bits, self.weight, self.in_channels, scale, bias, residual if fused else None
+            )
+        if not fused:
+            y = affine(self.pool(y), self.scale, self.bias)  # type: ignore[misc]
+            if residual is not None:
+                y = residual + y
+        return y
+
+
+class FastBiRealBlock(nn.Module):
+    """x + unit(x) as one kernel call: the residual add runs in the conv epilogue."""
+
+    def __init__(self, unit: FastBinaryLayer) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not x.is_contiguous(memory_format=torch.channels_last):  # packed and added by row
+            n, c, h, w = x.shape
+            buf = self.unit.workspace.take(self, "nhwc", (n, h, w, c), torch.float32)
+            x = ops.to_channels_last(x, out=buf)
+        return self.unit(x, residual=x)
+
+
+def _is_birealblock(m: nn.Module) -> bool:
+    from extractor.models.birealnet import BiRealBlock
+
+    return isinstance(m, BiRealBlock) and isinstance(getattr(m, "unit", None), FoldedBinaryLayer)
+
+
+def _swap(module: nn.Module, ws: Workspace) -> int:
+    """Replace binary layers below `module` in place; returns how many were replaced."""
+    n = 0
+    for name, child in module.named_children():
+        if _is_birealblock(child) and child.unit.binary_input:  # type: ignore[union-attr]
+            setattr(module, name, FastBiRealBlock(FastBinaryLayer(child.unit, ws)))  # type: ignore[arg-type]
+            n += 1
+        elif isinstance(child, FoldedBinaryLayer):
+            if child.binary_input:
+                setattr(module, name, FastBinaryLayer(child, ws))
+                n += 1
+        elif isinstance(child, nn.Conv2d):
+            setattr(module, name, _ReferenceLayoutConv(child))
+        elif isinstance(child, nn.AvgPool2d) and _FastAvgPool.supports(child):
+            setattr(module, name, _FastAvgPool(child, ws))
+        else:
+            n += _swap(child, ws)
+    return n
+
+
+class _Contiguous(nn.Module):
+    """Back to NCHW memory: the reference's reductions (global pool) then sum in the same order."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.to_contiguous(x)
+
+
+class _ReferenceLayoutConv(nn.Module):
+    """A real conv computed exactly as the reference computes it (NCHW-contiguous input).
+
+    These real values feed the next layer's sign, so their float rounding must be the reference's.
+    oneDNN picks its algorithm per shape and layout: channels-last input is ~7x faster for the
+    3-channel image stem, but gives different roundings for some shapes (e.g. a 1x1 256->512 conv
+    at batch >= 2, the tiny test stem at batch 1). So the image stem (<= 4 input channels) probes
+    each new input shape once on random data: channels-last is used for that shape only if it
+    reproduces the NCHW result bit for bit (different algorithms disagree on practically any
+    input of this size); every other conv always gets NCHW input.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.probe = conv.in_channels <= 4
+        self.channels_last_ok: dict[tuple[int, ...], bool] = {}
+
+    def _channels_last_matches(self, shape: tuple[int, ...]) -> bool:
+        ok = self.channels_last_ok.get(shape)
+        if ok is None:
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+            cl = self.conv(x.contiguous(memory_format=torch.channels_last))
+            ok = self.channels_last_ok[shape] = torch.equal(cl, self.conv(x))
+        return ok
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.probe and self._channels_last_matches(tuple(x.shape)):
+            return self.conv(x.contiguous(memory_format=torch.channels_last))
+        return self.conv(ops.to_contiguous(x))
+
+
+class _FastAvgPool(nn.Module):
+    """Unpadded average pool read in any layout, written NCHW-contiguous for the real conv next.
+
+    Same sums in the same order and one division as ATen (`ops.avg_pool2d`), so identical values;
+    ATen's NCHW kernel is ~30x slower here and its channels-last one would need two copies.
+    """
+
+    def __init__(self, pool: nn.AvgPool2d, workspace: Workspace) -> None:
+        super().__init__()
+        self.pool = pool
+        self.kernel = _single(pool.kernel_size)
+        self.stride = _single(pool.stride or pool.kernel_size)
+        self.workspace = workspace
+
+    @staticmethod
+    def supports(pool: nn.AvgPool2d) -> bool:
+        k, s = _single(pool.kernel_size), _single(pool.stride or pool.kernel_size)
+        return k > 0 and s > 0 and _single(pool.padding) == 0 and pool.divisor_override is None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if ops.backend() != "native":
+            return self.pool(x)
+        n, c, h, w = x.shape
+        ceil = bool(self.pool.ceil_mode)
+        shape = (n, c, *(ops.pooled_size(v, self.kernel, self.stride, ceil) for v in (h, w)))
+        buf = self.workspace.take(self, "out", shape, torch.float32)
+        return ops.avg_pool2d(x, self.kernel, self.stride, ceil, out=buf)
+
+
+def _single(v: int | tuple[int, ...]) -> int:
+    """A square pool's size; -1 for a non-square one (unsupported)."""
+    if isinstance(v, int):
+        return v
+    return v[0] if all(e == v[0] for e in v) else -1
+
+
+class FastExtractor(nn.Module):
+    """`forward_features` of the loaded network with binary layers on the kernels."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.feature_dim = int(model.feature_dim)  # type: ignore[arg-type]
+        self.arch = str(getattr(model, "arch", ""))
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", {})
+        self.binary_layers = [m for m in model.modules() if isinstance(m, FastBinaryLayer)]
+
+    @torch.inference_mode()
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) normalized images -> (B, D) float32 features."""
+        x = x.float().contiguous()  # NCHW, like the reference: the real stem conv reads it
+        return self.model.forward_features(x).float().contiguous()  # type: ignore[operator]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)
+
+    def trace_bits(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Features plus the packed input bits of every binary layer, in execution order."""
+        traces: list[Tensor] = []
+        for layer in self.binary_layers:
+            layer.trace = traces
+        try:
+            return self.forward_features(x), traces
+        finally:
+            for layer in self.binary_layers:
+                layer.trace = None
+
+    def instruction_set(self) -> str:
+        return ops.instruction_set()
+
+
+def build_fast_model(loaded: object) -> FastExtractor:
+    """Fast network from a `LoadedExtractor` (or its folded `.model`); the input is not modified.
+
+    Works with either kernel backend; with the PyTorch fallback (`ops.backend() == "torch"`) it is
+    correct but slower than the reference, which is why the server only selects it when native.
+    """
+    model = getattr(loaded, "model", loaded)
+    if not isinstance(model, nn.Module):
+        raise TypeError("build_fast_model needs a LoadedExtractor or an nn.Module")
+    fast = copy.deepcopy(model).eval().requires_grad_(False)
+    if _swap(fast, Workspace()) == 0:
+        raise ValueError("no binary layer with sign inputs found: nothing to accelerate")
+    final = getattr(fast, "final", None)
+    if isinstance(final, nn.Module):  # Bi-Real: (B, C, S/32, S/32) is tiny, the copy is free
+        fast.final = nn.Sequential(_Contiguous(), final)
+    return FastExtractor(fast)

@@ -1,0 +1,176 @@
+// Layout ops around the binary kernels: sign packing of float activations into channel words, and
+// average pooling with ATen's arithmetic into the NCHW layout the real convs expect.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
+namespace headhub {
+namespace {
+
+// ---- packing -------------------------------------------------------------------------------
+
+// out[n, h, w, q] bit j = (x[n, h, w, 64q + j] + t[64q + j]) >= 0; bits past C are 0. x is an
+// NHWC-ordered view with any element strides, so channels-last (sc = 1) and NCHW tensors both work.
+#if defined(__x86_64__) && defined(__GNUC__)
+// 64 channels -> one word: 8 compares of 8 lanes, movemask. (x + t) >= 0 with an ordered compare
+// is false for NaN, like the scalar `>=` and torch's `x >= 0`.
+__attribute__((target("avx2"))) void pack_row_avx2(const float* row, const float* t, int64_t C,
+                                                   uint64_t* o) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t c0 = 0; c0 < C; c0 += 64) {
+    uint64_t bits = 0;
+    const int64_t n = std::min<int64_t>(64, C - c0);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+      __m256 v = _mm256_loadu_ps(row + c0 + j);
+      if (t) v = _mm256_add_ps(v, _mm256_loadu_ps(t + c0 + j));
+      const uint64_t m = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ)));
+      bits |= m << j;
+    }
+    for (; j < n; ++j) {
+      const float v = t ? row[c0 + j] + t[c0 + j] : row[c0 + j];
+      bits |= uint64_t(v >= 0.0f) << j;
+    }
+    o[c0 / 64] = bits;
+  }
+}
+const bool g_pack_avx2 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}();
+#else
+const bool g_pack_avx2 = false;
+void pack_row_avx2(const float*, const float*, int64_t, uint64_t*) {}
+#endif
+
+void pack_nhwc(const float* x, const int64_t* shape, const int64_t* st, const float* t,
+               uint64_t* out, int nt) {
+  const int64_t N = shape[0], H = shape[1], W = shape[2], C = shape[3], Cw = (C + 63) / 64;
+  const int64_t M = N * H * W, sc = st[3];
+#pragma omp parallel for num_threads(nt) schedule(static) if (M * C > 65536)
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t n = m / (H * W), h = (m / W) % H, w = m % W;
+    const float* row = x + n * st[0] + h * st[1] + w * st[2];
+    uint64_t* o = out + m * Cw;
+    if (sc == 1 && g_pack_avx2) {
+      pack_row_avx2(row, t, C, o);
+      continue;
+    }
+    for (int64_t q = 0; q < Cw; ++q) {
+      const int64_t c0 = q * 64, c1 = std::min(C, c0 + 64);
+      uint64_t bits = 0;
+      if (sc == 1 && t) {
+        for (int64_t c = c0; c < c1; ++c) bits |= uint64_t((row[c] + t[c]) >= 0.0f) << (c - c0);
+      } else if (sc == 1) {
+        for (int64_t c = c0; c < c1; ++c) bits |= uint64_t(row[c] >= 0.0f) << (c - c0);
+      } else {
+        for (int64_t c = c0; c < c1; ++c) {
+          const float v = t ? row[c * sc] + t[c] : row[c * sc];
+          bits |= uint64_t(v >= 0.0f) << (c - c0);
+        }
+      }
+      o[q] = bits;
+    }
+  }
+}
+
+void py_pack(py::array x, py::object threshold, py::array out, int threads) {
+  if (x.ndim() != 4 || x.itemsize() != 4 || !py::isinstance<py::array_t<float>>(x))
+    throw std::invalid_argument("x: float32 (N, H, W, C) view expected");
+  int64_t shape[4], st[4];
+  for (int i = 0; i < 4; ++i) {
+    shape[i] = x.shape(i);
+    if (x.strides(i) % 4 != 0 || x.strides(i) < 0) throw std::invalid_argument("x: strides");
+    st[i] = x.strides(i) / 4;
+  }
+  const float* t = optional_vec<float>(threshold, "threshold", shape[3]);
+  uint64_t* op = data_of<uint64_t>(out, "out", 4);
+  for (int i = 0; i < 3; ++i)
+    if (out.shape(i) != shape[i]) throw std::invalid_argument("out: expected (N, H, W, ceil(C/64))");
+  if (out.shape(3) != (shape[3] + 63) / 64) throw std::invalid_argument("out: last dim ceil(C/64)");
+  const int nt = threads_for(threads);
+  const float* xp = static_cast<const float*>(x.data());
+  py::gil_scoped_release nogil;
+  pack_nhwc(xp, shape, st, t, op, nt);
+}
+
+// ---- layout --------------------------------------------------------------------------------
+
+// Average pooling without padding (count = valid window elements, i.e. torch's
+// count_include_pad=False; ceil_mode windows are clipped), from any NCHW-ordered strided view
+// into NCHW-contiguous output. Same arithmetic as ATen's kernels: a float sum from 0 in (ih, iw)
+// order, then one division by the count, so the values are identical.
+void py_avgpool(py::array x, int64_t k, int64_t stride, py::array out, int threads) {
+  if (x.ndim() != 4 || x.itemsize() != 4 || !py::isinstance<py::array_t<float>>(x))
+    throw std::invalid_argument("x: float32 (N, C, H, W) view expected");
+  int64_t st[4];
+  for (int i = 0; i < 4; ++i) {
+    if (x.strides(i) % 4 != 0 || x.strides(i) < 0) throw std::invalid_argument("x: strides");
+    st[i] = x.strides(i) / 4;
+  }
+  const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+  float* op = data_of<float>(out, "out", 4);
+  const int64_t Ho = out.shape(2), Wo = out.shape(3);
+  if (out.shape(0) != N || out.shape(1) != C || k < 1 || stride < 1 || (Ho - 1) * stride >= H ||
+      (Wo - 1) * stride >= W)
+    throw std::invalid_argument("out: bad pooled shape");
+  const float* xp = static_cast<const float*>(x.data());
+  const int nt = threads_for(threads);
+  py::gil_scoped_release nogil;
+  if (st[1] == 1) {  // channels-last input: sum whole channel rows (vectorizes), scatter to NCHW
+#pragma omp parallel num_threads(nt) if (N * C * H * W > 65536)
+    {
+      std::vector<float> sum(C);
+#pragma omp for schedule(static)
+      for (int64_t nh = 0; nh < N * Ho; ++nh) {
+        const int64_t n = nh / Ho, oh = nh % Ho;
+        const int64_t h0 = oh * stride, h1 = std::min(H, h0 + k);
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          const int64_t w0 = ow * stride, w1 = std::min(W, w0 + k);
+          const float count = static_cast<float>((h1 - h0) * (w1 - w0));
+          float* sp = sum.data();
+          for (int64_t c = 0; c < C; ++c) sp[c] = 0.0f;
+          for (int64_t ih = h0; ih < h1; ++ih)
+            for (int64_t iw = w0; iw < w1; ++iw) {
+              const float* px = xp + n * st[0] + ih * st[2] + iw * st[3];
+              for (int64_t c = 0; c < C; ++c) sp[c] += px[c];
+            }
+          float* o = op + (n * C * Ho + oh) * Wo + ow;
+          for (int64_t c = 0; c < C; ++c) o[c * Ho * Wo] = sp[c] / count;
+        }
+      }
+    }
+    return;
+  }
+#pragma omp parallel for num_threads(nt) schedule(static) if (N * C * H * W > 65536)
+  for (int64_t nc = 0; nc < N * C; ++nc) {  // any other layout: one plane at a time
+    const int64_t n = nc / C, c = nc % C;
+    const float* base = xp + n * st[0] + c * st[1];
+    for (int64_t oh = 0; oh < Ho; ++oh) {
+      const int64_t h0 = oh * stride, h1 = std::min(H, h0 + k);
+      for (int64_t ow = 0; ow < Wo; ++ow) {
+        const int64_t w0 = ow * stride, w1 = std::min(W, w0 + k);
+        float sum = 0.0f;
+        for (int64_t ih = h0; ih < h1; ++ih)
+          for (int64_t iw = w0; iw < w1; ++iw) sum += base[ih * st[2] + iw * st[3]];
+        op[(nc * Ho + oh) * Wo + ow] = sum / static_cast<float>((h1 - h0) * (w1 - w0));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void register_layout_ops(py::module_& m) {
+  m.def("pack", &py_pack, py::arg("x"), py::arg("threshold"), py::arg("out"), py::arg("threads"));
+  m.def("avgpool", &py_avgpool, py::arg("x"), py::arg("k"), py::arg("stride"), py::arg("out"),
+        py::arg("threads"), "k x k average pool, no padding, into NCHW-contiguous output");
+}
+
+}  // namespace headhub

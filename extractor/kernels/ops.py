@@ -1,0 +1,383 @@
+"""Bit-packed binary layer ops: the compiled XOR-popcount kernels, or a pure-PyTorch fallback.
+
+Layout: sign bits are packed along channels into 64-bit words (carried as int64 tensors), bit j of
+word q = channel 64q + j, bits past C are 0. This is numpy `packbits(bitorder="little")` order
+read as little-endian words, so `extractor.packing.pack_signs` bytes view straight as words.
+
+For ±1 vectors a, w of length K: a . w = K - 2 * popcount(a XOR w). A conv's zero padding adds
+0 to the reference's float conv, so padded taps are excluded from K and from the popcount.
+
+Every op computes exactly what the float reference computes (`layers.FoldedBinaryLayer` plus the
+Bi-Real residual): float(dot), then `* scale`, then `+ bias`, then `residual +`, each rounded once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "KernelError",
+    "PreparedWeight",
+    "avg_pool2d",
+    "backend",
+    "binary_conv2d",
+    "binary_linear",
+    "instruction_set",
+    "pack_conv_weight",
+    "pack_linear_weight",
+    "pack_nchw",
+    "pack_rows",
+    "pooled_size",
+    "set_instruction_set",
+    "to_channels_last",
+    "to_contiguous",
+    "supported_instruction_sets",
+    "unpack_words",
+    "words_for",
+]
+
+log = logging.getLogger(__name__)
+
+
+class KernelError(ValueError):
+    """Bad shapes/dtypes for a binary op, or an instruction set this CPU lacks."""
+
+
+def _load_native():  # type: ignore[no-untyped-def]
+    """The compiled module, or None. torch is imported first so both share one libgomp."""
+    if os.environ.get("HEADHUB_KERNELS", "").lower() == "torch":
+        return None
+    try:
+        from extractor.kernels import _bitops
+    except ImportError as exc:
+        log.warning("XOR-popcount extension unavailable (%s); using the PyTorch fallback", exc)
+        return None
+    return _bitops
+
+
+_native = _load_native()
+_ISAS = ("avx512_vpopcntdq", "avx2", "popcnt", "portable")
+
+
+def backend() -> str:
+    """'native' when the compiled kernels run, 'torch' for the pure-PyTorch fallback."""
+    return "native" if _native is not None else "torch"
+
+
+def instruction_set() -> str:
+    """Instruction set of the active popcount kernel, e.g. 'avx2'; 'torch' for the fallback."""
+    return _native.isa() if _native is not None else "torch"
+
+
+def supported_instruction_sets() -> list[str]:
+    """Kernel variants this CPU can run, best first (empty for the fallback)."""
+    return [] if _native is None else [s for s in _ISAS if _native.cpu_supports(s)]
+
+
+def set_instruction_set(name: str) -> None:
+    """Force a kernel variant (tests and benchmarks compare them); raises KernelError if unsupported."""
+    if _native is None:
+        raise KernelError("the compiled kernels are not available")
+    try:
+        _native.set_isa(name)
+    except ValueError as exc:
+        raise KernelError(str(exc)) from exc
+
+
+def words_for(channels: int) -> int:
+    """64-bit words per packed vector of `channels` signs."""
+    return (channels + 63) // 64
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise KernelError(msg)
+
+
+# ---- layout ------------------------------------------------------------------------------------
+
+
+def _out(out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """A caller's reusable buffer (checked) or a fresh one."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype)
+    _check(
+        tuple(out.shape) == shape and out.dtype == dtype and out.is_contiguous(),
+        f"out must be a contiguous {dtype} tensor of shape {shape}",
+    )
+    return out
+
+
+def to_channels_last(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """(N, C, H, W) in channels-last memory (a copy only if it is not already).
+
+    `out`, when given, is an (N, H, W, C) contiguous buffer to copy into (no fresh pages).
+    """
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    n, c, h, w = x.shape
+    out = _out(out, (n, h, w, c), x.dtype)
+    out.copy_(x.permute(0, 2, 3, 1))
+    return out.permute(0, 3, 1, 2)
+
+
+def to_contiguous(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """(N, C, H, W) in NCHW-contiguous memory (a copy only if it is not already)."""
+    if x.is_contiguous():
+        return x
+    out = _out(out, tuple(x.shape), x.dtype)
+    return out.copy_(x)
+
+
+def pooled_size(size: int, kernel: int, stride: int, ceil_mode: bool) -> int:
+    """Output length of an unpadded pool, torch's rule (a ceil-mode window starts in the input)."""
+    span = size - kernel
+    n = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (n - 1) * stride >= size:
+        n -= 1
+    return n
+
+
+def avg_pool2d(
+    x: Tensor, kernel: int, stride: int, ceil_mode: bool, out: Tensor | None = None
+) -> Tensor:
+    """Unpadded average pool (count = valid elements), any memory format -> NCHW-contiguous.
+
+    Values equal `F.avg_pool2d(x, kernel, stride, 0, ceil_mode, count_include_pad=False)`:
+    the same float sum order and one division.
+    """
+    _check(x.dim() == 4, "avg_pool2d: (N, C, H, W) expected")
+    n, c, h, w = x.shape
+    ho, wo = (pooled_size(s, kernel, stride, ceil_mode) for s in (h, w))
+    _check(ho > 0 and wo > 0, "input smaller than the pooling window")
+    if _native is None or x.dtype != torch.float32:
+        y = F.avg_pool2d(x, kernel, stride, 0, ceil_mode, count_include_pad=False)
+        return y.contiguous()
+    out = _out(out, (n, c, ho, wo), torch.float32)
+    _native.avgpool(x.numpy(), kernel, stride, out.numpy(), _threads())
+    return out
+
+
+# ---- packing -----------------------------------------------------------------------------------
+
+_SHIFTS = torch.arange(64, dtype=torch.int64)
+
+
+def _pack_torch(x_nhwc: Tensor, threshold: Tensor | None) -> Tensor:
+    """Reference packing: (N, H, W, C) float -> (N, H, W, Cw) int64, bit = (x + t) >= 0."""
+    n, h, w, c = x_nhwc.shape
+    v = x_nhwc + threshold if threshold is not None else x_nhwc
+    bits = (v >= 0).to(torch.int64)
+    pad = words_for(c) * 64 - c
+    if pad:
+        bits = F.pad(bits, (0, pad))
+    bits = bits.reshape(n, h, w, -1, 64) << _SHIFTS
+    return bits.sum(-1)  # distinct powers of two: the sum is the bitwise or (2^63 wraps to sign)
+
+
+def pack_nchw(x: Tensor, threshold: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+    """(N, C, H, W) float32, any memory format -> (N, H, W, ceil(C/64)) int64 of sign(x + t) bits.
+
+    Channels-last input is read contiguously; NCHW input is read with strides (no copy).
+    """
+    _check(x.dim() == 4 and x.dtype == torch.float32, "pack_nchw: float32 (N, C, H, W) expected")
+    n, c, h, w = x.shape
+    nhwc = x.permute(0, 2, 3, 1)
+    if threshold is not None:
+        _check(threshold.shape == (c,), "threshold must have shape (C,)")
+        threshold = threshold.float().contiguous()
+    if _native is None:
+        return _pack_torch(nhwc, threshold)
+    out = _out(out, (n, h, w, words_for(c)), torch.int64)
+    t = None if threshold is None else threshold.numpy()
+    _native.pack(nhwc.numpy(), t, out.numpy(), _threads())
+    return out
+
+
+def pack_rows(x: Tensor, threshold: Tensor | None = None) -> Tensor:
+    """(M, K) float32 -> (M, ceil(K/64)) int64 sign bits (binary linear inputs)."""
+    _check(x.dim() == 2, "pack_rows: (M, K) expected")
+    return pack_nchw(x[:, :, None, None], threshold).reshape(x.shape[0], -1)
+
+
+def pack_conv_weight(w: Tensor) -> Tensor:
+    """(O, I, kh, kw) ±1 weight -> (O, kh * kw * ceil(I/64)) int64: tap-major, then channel words."""
+    _check(w.dim() == 4, "conv weight must be (O, I, kh, kw)")
+    o = w.shape[0]
+    # (O, I, kh, kw) read as N=O, C=I, H=kh, W=kw: exactly the NHWC packing of each filter.
+    return pack_nchw(w.float(), None).reshape(o, -1).contiguous()
+
+
+def pack_linear_weight(w: Tensor) -> Tensor:
+    """(O, K) ±1 weight -> (O, ceil(K/64)) int64."""
+    return pack_rows(w.float().contiguous())
+
+
+def unpack_words(words: Tensor, channels: int) -> Tensor:
+    """(..., Cw) int64 -> (..., channels) float32 ±1 (inverse of the packing)."""
+    bits = (words.unsqueeze(-1) >> _SHIFTS) & 1
+    bits = bits.flatten(-2)[..., :channels]
+    return bits.to(torch.float32) * 2 - 1
+
+
+class PreparedWeight:
+    """Packed ±1 weight words (O, Kw) plus the active kernel's layout of them, cached per ISA.
+
+    The kernels read weights interleaved by 8 output channels (AVX2 also nibble-split), built
+    once here rather than per call.
+    """
+
+    def __init__(self, words: Tensor) -> None:
+        _check(words.dim() == 2 and words.dtype == torch.int64, "weight words: (O, Kw) int64")
+        self.words = words.contiguous()
+        self._cache: tuple[str, Any] | None = None
+
+    @property
+    def out_features(self) -> int:
+        return int(self.words.shape[0])
+
+    def native(self) -> Any:
+        """The prepared numpy buffer for the kernel active now."""
+        assert _native is not None
+        isa = _native.isa()
+        if self._cache is None or self._cache[0] != isa:
+            self._cache = (isa, _native.prepare_weights(self.words.numpy()))
+        return self._cache[1]
+
+
+def _prepared(w: Tensor | PreparedWeight) -> PreparedWeight:
+    return w if isinstance(w, PreparedWeight) else PreparedWeight(w)
+
+
+# ---- epilogue (fallback) ---------------------------------------------------------------------
+
+
+def _epilogue(y: Tensor, scale: Tensor | None, bias: Tensor | None, residual: Tensor | None) -> Tensor:
+    """The reference order, channel dim last: y * scale, + bias, residual + y."""
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    if residual is not None:
+        y = residual + y
+    return y
+
+
+def _vec(v: Tensor | None, n: int, name: str) -> Tensor | None:
+    if v is None:
+        return None
+    _check(v.shape == (n,), f"{name} must have shape ({n},)")
+    return v.float().contiguous()
+
+
+# ---- binary conv -------------------------------------------------------------------------------
+
+
+def binary_conv2d(
+    a: Tensor,
+    w: Tensor | PreparedWeight,
+    channels: int,
+    kernel_size: tuple[int, int],
+    stride: int = 1,
+    padding: int = 0,
+    scale: Tensor | None = None,
+    bias: Tensor | None = None,
+    residual: Tensor | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Binary conv of packed NHWC bits `a` with packed weights `w` (from `pack_conv_weight`).
+
+    Returns (N, O, Ho, Wo) float32 in channels-last memory: `residual + (dot * scale + bias)`,
+    where dot is the ±1 correlation with zero padding (the reference `F.conv2d` on sign(x)).
+    `out`, when given, is the (N, Ho, Wo, O) contiguous buffer to write.
+    """
+    _check(a.dim() == 4 and a.dtype == torch.int64, "a: (N, H, W, Cw) int64 expected")
+    pw = _prepared(w)
+    w = pw.words
+    kh, kw = kernel_size
+    n, h, wd, cw = a.shape
+    o = w.shape[0]
+    _check(cw == words_for(channels), "a: last dim must be ceil(channels/64)")
+    _check(w.dim() == 2 and w.shape[1] == kh * kw * cw, "w: (O, kh*kw*Cw) expected")
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
+    _check(ho > 0 and wo > 0, "input smaller than the kernel")
+    scale, bias = _vec(scale, o, "scale"), _vec(bias, o, "bias")
+    res = None
+    if residual is not None:
+        _check(residual.shape == (n, o, ho, wo), "residual must be (N, O, Ho, Wo)")
+        res = residual.float().permute(0, 2, 3, 1).contiguous()  # no copy if channels-last
+    if _native is None:
+        xs = unpack_words(a, channels).permute(0, 3, 1, 2)
+        ws = unpack_words(w.reshape(o, kh, kw, cw), channels).permute(0, 3, 1, 2)
+        y = F.conv2d(xs, ws, None, stride, padding).permute(0, 2, 3, 1)
+        return _epilogue(y, scale, bias, res).permute(0, 3, 1, 2)
+    out = _out(out, (n, ho, wo, o), torch.float32)
+    _native.conv(
+        a.contiguous().numpy(),
+        w.numpy(),
+        pw.native(),
+        channels,
+        kh,
+        kw,
+        stride,
+        padding,
+        None if scale is None else scale.numpy(),
+        None if bias is None else bias.numpy(),
+        None if res is None else res.numpy(),
+        out.numpy(),
+        _threads(),
+    )
+    return out.permute(0, 3, 1, 2)
+
+
+# ---- binary linear -----------------------------------------------------------------------------
+
+
+def binary_linear(
+    a: Tensor,
+    w: Tensor | PreparedWeight,
+    in_features: int,
+    scale: Tensor | None = None,
+    bias: Tensor | None = None,
+    residual: Tensor | None = None,
+) -> Tensor:
+    """(M, Kw) packed rows x (O, Kw) packed weights -> (M, O) float32 `residual + dot*scale + bias`.
+
+    With no scale/bias the result is the ±1 dot product K - 2 * popcount(a XOR w), exact.
+    """
+    _check(a.dim() == 2 and a.dtype == torch.int64, "a: (M, Kw) int64 expected")
+    pw = _prepared(w)
+    w = pw.words
+    kw = words_for(in_features)
+    _check(a.shape[1] == kw and w.dim() == 2 and w.shape[1] == kw, "a, w: last dim ceil(K/64)")
+    m, o = a.shape[0], w.shape[0]
+    scale, bias = _vec(scale, o, "scale"), _vec(bias, o, "bias")
+    if residual is not None:
+        _check(residual.shape == (m, o), "residual must be (M, O)")
+        residual = residual.float().contiguous()
+    if _native is None:
+        y = unpack_words(a, in_features) @ unpack_words(w, in_features).T
+        return _epilogue(y, scale, bias, residual)
+    out = torch.empty((m, o), dtype=torch.float32)
+    _native.linear(
+        a.contiguous().numpy(),
+        w.numpy(),
+        pw.native(),
+        in_features,
+        None if scale is None else scale.numpy(),
+        None if bias is None else bias.numpy(),
+        None if residual is None else residual.numpy(),
+        out.numpy(),
+        _threads(),
+    )
+    return out

@@ -1,0 +1,1 @@
+"""Training jobs: a durable queue in the registry database, leases, retries and fair claiming."""

@@ -1,0 +1,297 @@
+"""`headhub worker`: claim a job, make sure its features are cached, train, register, finish.
+
+Several workers (threads of one process and/or several processes) share one database. A job is
+held under a lease renewed by heartbeats; a worker that dies simply stops renewing and the job is
+claimed again once the lease expires, with attempt + 1. Every final write is fenced by
+(id, attempt, status='running'), so a worker that lost its lease cannot overwrite a newer attempt.
+Success is one transaction: the fenced `succeeded` update plus `register_version`; a crash before
+the commit leaves neither, and the retry registers the only version.
+
+SIGTERM/SIGINT: stop claiming; a running job gets `worker_grace_s` to finish, then is handed back
+to the queue (not counted as a failed attempt); the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.blobstore import BlobStore, LocalBlobStore
+from service.db import make_engine, make_sessionmaker, session_scope, utcnow
+from service.errors import HeadhubError
+from service.jobs import repository as repo
+from service.jobs.models import JobStatus
+from service.jobs.runtime import ClaimedJob, JobHeartbeat, LeaseLost
+from service.jobs.service import backoff_s
+from service.settings import Settings
+from service.training import (
+    InvalidParams,
+    InvalidTrainingData,
+    TrainingCancelled,
+    train_head,
+)
+
+log = logging.getLogger("headhub.worker")
+
+
+class PermanentJobError(Exception):
+    """Retrying cannot help (dataset gone, no usable images): the job fails at once."""
+
+
+PERMANENT = (PermanentJobError, InvalidParams, InvalidTrainingData, HeadhubError)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        concurrency: int = 1,
+        session_factory: sessionmaker[Session] | None = None,
+        extractor: Any = None,
+        blobs: BlobStore | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.concurrency = max(1, concurrency)
+        self.factory = session_factory or make_sessionmaker(make_engine(settings.database_url))
+        self.extractor = extractor
+        assert settings.blob_dir is not None
+        self.blobs = blobs or LocalBlobStore(settings.blob_dir)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.stopping = threading.Event()  # no new claims
+        self.handback = threading.Event()  # running jobs give their lease back now
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def run(self, *, install_signals: bool = True) -> None:
+        """Run `concurrency` claim loops until `stop()` (or SIGTERM/SIGINT); then return."""
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        threads = [
+            threading.Thread(target=self._loop, args=(i,), name=f"worker-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for t in threads:
+            t.start()
+        log.info("worker %s started with concurrency %d", self.name, self.concurrency)
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.2)
+        log.info("worker %s stopped", self.name)
+
+    def stop(self) -> None:
+        """Stop claiming; hand running jobs back after the grace period."""
+        if self.stopping.is_set():
+            self.handback.set()  # a second signal: hand back at once
+            return
+        self.stopping.set()
+        timer = threading.Timer(self.settings.worker_grace_s, self.handback.set)
+        timer.daemon = True
+        timer.start()
+
+    def _loop(self, index: int) -> None:
+        worker_id = f"{self.name}:{index}"
+        while not self.stopping.is_set():
+            try:
+                ran = self.run_once(worker_id)
+            except Exception:  # the database is away (item 30): log, wait, try again
+                log.exception("worker %s: claim failed", worker_id)
+                ran = False
+            if not ran:
+                self.stopping.wait(self.settings.worker_poll_s)
+
+    # -- one job ----------------------------------------------------------------------------
+
+    def claim(self, worker_id: str) -> ClaimedJob | None:
+        now = utcnow()
+        with session_scope(self.factory) as session:
+            reaped = repo.reap_expired(session, now=now)
+        if reaped:
+            log.warning("requeued %d job(s) whose lease expired", reaped)
+        with session_scope(self.factory) as session:
+            job = repo.claim(
+                session, worker_id=worker_id, now=now, lease_s=self.settings.job_lease_s
+            )
+            if job is None:
+                return None
+            return ClaimedJob(
+                id=job.id,
+                attempt=job.attempt,
+                tenant_id=job.tenant_id,
+                dataset_id=job.dataset_id,
+                head_name=job.head_name,
+                head_type=job.head_type,
+                params=dict(job.params or {}),
+                validation_fraction=job.validation_fraction,
+                seed=job.seed,
+            )
+
+    def run_once(self, worker_id: str | None = None) -> bool:
+        """Claim and run one job; False when nothing was claimable."""
+        job = self.claim(worker_id or f"{self.name}:0")
+        if job is None:
+            return False
+        log.info("job %s attempt %d claimed", job.id, job.attempt)
+        self.execute(job)
+        return True
+
+    def execute(self, job: ClaimedJob) -> None:
+        s = self.settings
+        hb = JobHeartbeat(
+            self.factory,
+            job,
+            interval=s.job_heartbeat_s,
+            lease_s=s.job_lease_s,
+            epoch_delay_s=s.train_epoch_delay_s,
+            handback=self.handback,
+        )
+        try:
+            with hb:
+                trained, labels, extractor = self._train(job, hb)
+            self._succeed(job, trained, labels, extractor)
+            log.info("job %s succeeded", job.id)
+        except TrainingCancelled:
+            self._stopped(job, hb)
+        except _FencedOut:  # success refused: a cancel arrived last-minute, or the lease is gone
+            self._finish(job, status=JobStatus.cancelled.value)
+        except LeaseLost:
+            log.warning("job %s attempt %d lost its lease; result dropped", job.id, job.attempt)
+        except PERMANENT as exc:
+            log.warning("job %s failed permanently: %s", job.id, exc)
+            self._finish(job, status=JobStatus.failed.value, error=_describe(exc))
+        except Exception as exc:
+            delay = backoff_s(job.attempt, s)
+            with session_scope(self.factory) as session:
+                status = repo.retry_or_fail(
+                    session, job.id, job.attempt, error=_describe(exc), now=utcnow(), delay_s=delay
+                )
+            log.warning("job %s attempt %d: %s -> %s", job.id, job.attempt, exc, status)
+
+    def _train(self, job: ClaimedJob, hb: JobHeartbeat) -> tuple[Any, list[str], dict[str, Any]]:
+        from service.datasets.features import ensure_features, load_features
+
+        with session_scope(self.factory) as session:
+            if repo.get_dataset(session, job.dataset_id) is None:
+                raise PermanentJobError(f"dataset {job.dataset_id} no longer exists")
+        client = self._extractor()
+        info = client.info_sync()
+        ensure_features(
+            self.factory, client, job.dataset_id, blobs=self.blobs, progress_cb=hb.features_progress
+        )
+        hb.check()
+        with session_scope(self.factory) as session:
+            floats, bits, image_labels, _ = load_features(session, job.dataset_id, str(info["id"]))
+        if len(image_labels) == 0:
+            raise PermanentJobError("the dataset has no image with usable features")
+        labels = sorted(set(image_labels))
+        index = {label: i for i, label in enumerate(labels)}
+        y = np.array([index[label] for label in image_labels], dtype=np.int64)
+        trained = train_head(
+            job.head_type,
+            floats,
+            bits,
+            y,
+            labels,
+            job.params,
+            seed=job.seed,
+            validation_fraction=job.validation_fraction,
+            progress_cb=hb.training_progress,
+            should_stop=hb.should_stop,
+        )
+        if hb.lost.is_set():
+            raise LeaseLost(job.id)
+        return trained, labels, info
+
+    def _succeed(self, job: ClaimedJob, trained: Any, labels: list[str], info: dict) -> None:
+        """Fenced `succeeded` + the new head version, in one transaction."""
+        from service.heads.service import register_version
+
+        with session_scope(self.factory) as session:
+            done = repo.finish(
+                session,
+                job.id,
+                job.attempt,
+                status=JobStatus.succeeded.value,
+                progress=1.0,
+                metrics=trained.metrics,
+                error=None,
+                finished_at=utcnow(),
+                lease_expires_at=None,
+            )
+            if not done:
+                raise _FencedOut()
+            version = register_version(
+                session,
+                self.blobs,
+                tenant_id=job.tenant_id,
+                head_name=job.head_name,
+                head_type=job.head_type,
+                labels=labels,
+                extractor_id=str(info["id"]),
+                weights=trained.weights,
+                metrics=trained.metrics,
+                dataset_id=job.dataset_id,
+                job_id=job.id,
+                preprocessing=dict(info.get("preprocessing") or {}),
+                feature_dim=int(trained.metrics["feature_dim"]),
+            )
+            owner = repo.tenant_name(session, job.tenant_id)
+            repo.set_head_version(
+                session, job.id, version.id, f"{owner}/{job.head_name}:{version.version}"
+            )
+
+    def _stopped(self, job: ClaimedJob, hb: JobHeartbeat) -> None:
+        if hb.lost.is_set():
+            log.warning("job %s attempt %d lost its lease; stopped", job.id, job.attempt)
+        elif hb.cancel_requested.is_set():
+            self._finish(job, status=JobStatus.cancelled.value, finished_at=utcnow())
+            log.info("job %s cancelled while running", job.id)
+        else:  # shutdown: back to the queue; the attempt does not count against max_attempts
+            with session_scope(self.factory) as session:
+                repo.hand_back(session, job.id, job.attempt, now=utcnow())
+            log.info("job %s handed back at shutdown", job.id)
+
+    def _finish(self, job: ClaimedJob, **values: Any) -> None:
+        values.setdefault("finished_at", utcnow())
+        with session_scope(self.factory) as session:
+            if not repo.finish(session, job.id, job.attempt, lease_expires_at=None, **values):
+                log.warning("job %s attempt %d: final write fenced out", job.id, job.attempt)
+
+    def _extractor(self) -> Any:
+        if self.extractor is None:
+            from extractor.client import ExtractorClient
+
+            self.extractor = ExtractorClient(
+                self.settings.extractor_urls, timeout=self.settings.extractor_timeout_s
+            )
+        return self.extractor
+
+
+class _FencedOut(LeaseLost):
+    """The fenced success update matched no row: cancelled meanwhile, or the lease was lost."""
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:2000]
+
+
+def main(settings: Settings, concurrency: int = 1) -> int:
+    """Entry point of `headhub worker`: returns the exit code (0 after a clean drain)."""
+    import faulthandler
+
+    import torch
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack
+    torch.set_num_threads(max(1, settings.worker_torch_threads))
+    Worker(settings, concurrency=concurrency).run()
+    return 0

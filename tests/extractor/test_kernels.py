@@ -1,0 +1,300 @@
+"""XOR-popcount kernels and the fast network: bit-exact against the float reference path.
+
+Every kernel variant this CPU runs (AVX-512 VPOPCNTDQ, AVX2, POPCNT, portable) and the pure-PyTorch
+fallback are compared with `F.conv2d` / matmul on ±1 floats, which is what the reference computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from extractor.fast import build_fast_model
+from extractor.kernels import ops
+from extractor.layers import BinaryUnitBN, FoldedBinaryLayer
+from extractor.packing import pack_signs
+from extractor.quantizers import sign
+from tests.extractor._torch_threads import one_torch_thread  # noqa: F401  (autouse)
+from tests.fixtures.extractor import make_tiny_checkpoint
+
+NATIVE = ops.backend() == "native"
+ALL_ISAS = ["avx512_vpopcntdq", "avx2", "popcnt", "portable"]
+
+
+def _variants() -> list[object]:
+    out: list[object] = ["torch-fallback"]
+    for isa in ALL_ISAS:
+        runnable = NATIVE and isa in ops.supported_instruction_sets()
+        reason = "compiled kernels not built" if not NATIVE else f"this CPU lacks {isa}"
+        out.append(pytest.param(isa, marks=pytest.mark.skipif(not runnable, reason=reason)))
+    return out
+
+
+@pytest.fixture(params=_variants())
+def variant(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test on one kernel variant, restoring the active one afterwards."""
+    name: str = request.param
+    if name == "torch-fallback":
+        monkeypatch.setattr(ops, "_native", None)
+        yield name
+        return
+    before = ops.instruction_set()
+    ops.set_instruction_set(name)
+    try:
+        yield name
+    finally:
+        ops.set_instruction_set(before)
+
+
+def _reference_conv(x, t, w, stride, pad, scale, bias, residual):  # type: ignore[no-untyped-def]
+    """The reference path's arithmetic (layers.FoldedBinaryLayer + Bi-Real residual)."""
+    a = sign(x + t.view(1, -1, 1, 1)) if t is not None else sign(x)
+    y = F.conv2d(a, w, None, stride, pad)
+    if scale is not None:
+        y = y * scale.view(1, -1, 1, 1)
+    if bias is not None:
+        y = y + bias.view(1, -1, 1, 1)
+    return y if residual is None else residual + y
+
+
+conv_cases = st.fixed_dictionaries(
+    {
+        "n": st.integers(1, 3),
+        "c": st.sampled_from([1, 3, 17, 63, 64, 65, 130]),
+        "h": st.integers(1, 8),
+        "w": st.integers(1, 8),
+        "o": st.integers(1, 19),
+        "k": st.sampled_from([1, 2, 3, 5]),
+        "stride": st.sampled_from([1, 2]),
+        "pad": st.integers(0, 2),
+        "affine": st.booleans(),
+        "residual": st.booleans(),
+        "channels_last": st.booleans(),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=conv_cases)
+def test_binary_conv_equals_float_conv_of_signs(variant: str, case: dict) -> None:
+    g = torch.Generator().manual_seed(case["seed"])
+    n, c, h, w, o, k = (case[key] for key in ("n", "c", "h", "w", "o", "k"))
+    stride, pad = case["stride"], case["pad"]
+    if (h + 2 * pad - k) < 0 or (w + 2 * pad - k) < 0:
+        return  # kernel larger than the padded input: no output
+    x = torch.randn(n, c, h, w, generator=g)
+    x[x.abs() < 0.3] = 0.0  # exact zeros: sign(0) = +1 on both paths
+    if case["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    t = torch.randn(c, generator=g) * 0.5
+    wt = sign(torch.randn(o, c, k, k, generator=g))
+    scale = torch.rand(o, generator=g) + 0.1 if case["affine"] else None
+    bias = torch.randn(o, generator=g) if case["affine"] else None
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    res = torch.randn(n, o, ho, wo, generator=g) if case["residual"] else None
+
+    got = ops.binary_conv2d(
+        ops.pack_nchw(x, t), ops.pack_conv_weight(wt), c, (k, k), stride, pad, scale, bias, res
+    )
+    want = _reference_conv(x, t, wt, stride, pad, scale, bias, res)
+    assert got.shape == want.shape
+    assert torch.equal(got, want)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    m=st.integers(1, 9),
+    k=st.sampled_from([1, 20, 64, 100, 512, 4096]),
+    o=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_binary_linear_is_k_minus_twice_popcount(variant: str, m: int, k: int, o: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x, wt = torch.randn(m, k, generator=g), sign(torch.randn(o, k, generator=g))
+    scale, bias = torch.rand(o, generator=g), torch.randn(o, generator=g)
+    bits, wbits = ops.pack_rows(x), ops.pack_linear_weight(wt)
+    assert torch.equal(ops.binary_linear(bits, wbits, k), sign(x) @ wt.T)  # exact integers
+    want = (sign(x) @ wt.T) * scale + bias
+    assert torch.equal(ops.binary_linear(bits, wbits, k, scale, bias), want)
+
+
+def test_feature_bytes_view_as_kernel_words() -> None:
+    """Binary heads: the wire's packbits bytes, zero-padded to 8, are the kernels' words."""
+    x = torch.randn(5, 100)
+    b = pack_signs(x)  # (5, 13) uint8
+    padded = np.zeros((5, 16), dtype=np.uint8)
+    padded[:, : b.shape[1]] = b
+    assert torch.equal(torch.from_numpy(padded.view(np.int64)), ops.pack_rows(x))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 70), st.integers(1, 9), st.integers(1, 9)),
+    channels_last=st.booleans(),
+    ceil_mode=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_avg_pool_equals_torch_bit_for_bit(
+    shape: tuple[int, int, int, int], channels_last: bool, ceil_mode: bool, seed: int
+) -> None:
+    if shape[2] < 2 or shape[3] < 2:
+        return
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 10
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = F.avg_pool2d(x, 2, 2, 0, ceil_mode, count_include_pad=False)
+    got = ops.avg_pool2d(x, 2, 2, ceil_mode)
+    assert got.is_contiguous()
+    assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled kernels not built")
+def test_prepared_weights_for_another_isa_are_refused() -> None:
+    isas = ops.supported_instruction_sets()
+    if "avx2" not in isas:
+        pytest.skip("needs AVX2 (its weight layout differs from the others)")
+    before = ops.instruction_set()
+    x, wt = torch.randn(1, 64, 3, 3), sign(torch.randn(8, 64, 3, 3))
+    ops.set_instruction_set("avx2")
+    try:
+        w = ops.PreparedWeight(ops.pack_conv_weight(wt))
+        stale = w.native()
+        ops.set_instruction_set("popcnt")
+        w._cache = ("popcnt", stale)  # a buffer laid out for AVX2, mislabelled
+        with pytest.raises(ValueError, match="instruction set"):
+            ops.binary_conv2d(ops.pack_nchw(x), w, 64, (3, 3), 1, 1)
+    finally:
+        ops.set_instruction_set(before)
+
+
+def test_unsupported_isa_is_a_typed_error() -> None:
+    if not NATIVE:
+        pytest.skip("compiled kernels not built")
+    missing = [i for i in ALL_ISAS if i not in ops.supported_instruction_sets()]
+    with pytest.raises(ops.KernelError):
+        ops.set_instruction_set(missing[0] if missing else "sse9")
+
+
+def test_instruction_set_names_the_running_kernel() -> None:
+    if NATIVE:
+        assert ops.instruction_set() == ops.supported_instruction_sets()[0]  # best first
+    else:
+        assert ops.instruction_set() == "torch"
+
+
+# ---- whole networks ----------------------------------------------------------------------------
+
+
+def _reference_bits(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """Features and the packed sign(x + b) seen by every binary layer of the reference path."""
+    seen: list[torch.Tensor] = []
+
+    def hook(m: FoldedBinaryLayer, inp: tuple[torch.Tensor], _out: torch.Tensor) -> None:
+        v = inp[0] if m.threshold is None else inp[0] + m.threshold.view(1, -1, *[1] * (inp[0].dim() - 2))
+        seen.append(v >= 0)
+
+    layers = [m for m in model.modules() if isinstance(m, FoldedBinaryLayer) and m.binary_input]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        with torch.inference_mode():
+            return model.forward_features(x), seen  # type: ignore[operator]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _assert_equivalent(model: torch.nn.Module, x: torch.Tensor) -> None:
+    fast = build_fast_model(model)
+    want, ref_bits = _reference_bits(model, x)
+    got, fast_words = fast.trace_bits(x)
+    assert len(fast_words) == len(ref_bits) > 0
+    for i, (words, bits) in enumerate(zip(fast_words, ref_bits, strict=True)):
+        c = bits.shape[1]
+        unpacked = ops.unpack_words(words, c) > 0  # (N, H, W, C) or (N, C)
+        expect = bits.permute(0, 2, 3, 1) if bits.dim() == 4 else bits
+        assert torch.equal(unpacked, expect), f"binary layer {i}: sign bits differ"
+    assert torch.equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+    return load_checkpoint(path).model
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_tiny_checkpoint_same_bits_and_features(variant: str, tiny: torch.nn.Module, batch: int) -> None:
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+    _assert_equivalent(tiny, x)
+
+
+def _folded(arch: str, **config: object) -> torch.nn.Module:
+    """A randomly initialised network with its binary units folded (the reference form)."""
+    from extractor.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(arch, **config).eval()
+    for name, unit in [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryUnitBN)]:
+        unit.bn.running_mean.normal_()
+        unit.bn.running_var.uniform_(0.5, 2.0)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, FoldedBinaryLayer.from_unit(unit))
+    return model.requires_grad_(False)
+
+
+def test_binary_alexnet_pool_between_conv_and_bn_and_fc_layers_match() -> None:
+    model = _folded(
+        "binary_alexnet", input_size=67, conv_widths=(8, 16, 24, 24, 16), fc_width=72, num_classes=10
+    )
+    _assert_equivalent(model, torch.randn(2, 3, 67, 67, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.fixture(scope="module")
+def default_model() -> torch.nn.Module:
+    if not Path(DEFAULT_CHECKPOINT).exists():
+        pytest.skip("no default checkpoint")
+    return load_checkpoint(DEFAULT_CHECKPOINT).model
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled kernels not built")
+@pytest.mark.parametrize("batch", [1, 64])
+def test_default_checkpoint_random_images_same_bits_and_features(
+    default_model: torch.nn.Module, batch: int
+) -> None:
+    size = default_model.pretrained_cfg["input_size"][-1]
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(7))
+    _assert_equivalent(default_model, x)
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled kernels not built")
+def test_default_checkpoint_real_photos_same_bits_and_features(default_model: torch.nn.Module) -> None:
+    data = pytest.importorskip("skimage.data", reason="scikit-image (extra 'distill') has the photos")
+    from PIL import Image
+
+    from extractor.imaging import preprocess
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea()]
+    x = torch.stack([preprocess(Image.fromarray(p), default_model.pretrained_cfg) for p in photos])
+    _assert_equivalent(default_model, x)
+
+
+def test_stem_runs_channels_last_only_for_shapes_where_it_reproduces_nchw(
+    tiny: torch.nn.Module,
+) -> None:
+    fast = build_fast_model(tiny)
+    stem = fast.model.stem[0]
+    for b in (1, 3):
+        x = torch.randn(b, 3, 32, 32)
+        with torch.inference_mode():
+            fast.forward_features(x)
+            same = torch.equal(stem.conv(x.contiguous(memory_format=torch.channels_last)), stem.conv(x))
+        assert stem.channels_last_ok[tuple(x.shape)] is same

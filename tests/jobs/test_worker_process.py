@@ -1,0 +1,217 @@
+"""Real `headhub worker` processes against one database: SIGKILL mid-training, several
+processes racing, SIGTERM draining, and the whole path from upload to prediction."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from extractor.client import ExtractorClient
+from service.settings import Settings
+from service.worker import Worker
+from tests.conftest import make_settings
+from tests.datasets import makers
+from tests.fixtures.extractor import _headhub_command
+from tests.jobs.conftest import FAST_QUEUE
+from tests.jobs.helpers import add_job, job_row, seed_dataset, versions_of_job, wait_for
+
+pytestmark = pytest.mark.slow
+
+SLOW = {"epochs": 60, "patience": 0, "batch_size": 512, "lr": 0.05}  # 60 epochs x epoch delay
+
+
+@pytest.fixture(scope="module")
+def extractor_id(extractor_process: str) -> str:
+    return str(httpx.get(f"{extractor_process}/v1/info", timeout=10).json()["id"])
+
+
+@pytest.fixture(scope="module")
+def settings(
+    db_url: str, tmp_path_factory: pytest.TempPathFactory, extractor_process: str
+) -> Settings:
+    return make_settings(
+        tmp_path_factory.mktemp("data"),
+        db_url,
+        **(FAST_QUEUE | {"extractor_urls": [extractor_process]}),
+    )
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, log_path: Path, concurrency: int = 1, **env: object):
+        values = {
+            "HEADHUB_DATABASE_URL": settings.database_url,
+            "HEADHUB_DATA_DIR": str(settings.data_dir),
+            "HEADHUB_BLOB_DIR": str(settings.blob_dir),
+            "HEADHUB_EXTRACTOR_URLS": ",".join(settings.extractor_urls),
+            "HEADHUB_LOG_FORMAT": "text",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for key in ("job_lease_s", "job_heartbeat_s", "job_backoff_base_s", "worker_poll_s"):
+            values[f"HEADHUB_{key.upper()}"] = str(getattr(settings, key))
+        values |= {f"HEADHUB_{k.upper()}": str(v) for k, v in env.items()}
+        self.log_path = log_path
+        with log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*_headhub_command(), "worker", "--concurrency", str(concurrency)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=os.environ | values,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def spawn(settings: Settings, tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+    procs: list[WorkerProcess] = []
+
+    def start(concurrency: int = 1, **env: object) -> WorkerProcess:
+        p = WorkerProcess(settings, tmp_path / f"worker-{len(procs)}.log", concurrency, **env)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+
+
+@pytest.fixture
+def owner(client: TestClient, make_tenant, extractor_id):  # type: ignore[no-untyped-def]
+    creds = make_tenant("proc")
+    factory = client.app.state.sessionmaker  # type: ignore[attr-defined]
+    return creds, seed_dataset(factory, creds.id, extractor_id=extractor_id)
+
+
+def test_a_sigkilled_worker_is_rescued_after_its_lease_with_one_version(
+    client, owner, spawn, settings
+) -> None:
+    creds, ds = owner
+    factory = client.app.state.sessionmaker
+    job_id = add_job(factory, creds.id, ds, head="rescued", params=SLOW)
+    victim = spawn(train_epoch_delay_s=0.1)
+    wait_for(lambda: job_row(factory, job_id).progress > 0.3, timeout=60)
+    victim.signal(signal.SIGKILL)
+    victim.wait(10)
+    assert job_row(factory, job_id).status == "running"  # nobody knows yet
+    rescuer = Worker(settings, session_factory=factory, blobs=client.app.state.blobs)
+    wait_for(lambda: rescuer.run_once(), timeout=30, every=0.1)  # claimable once the lease ends
+    job = client.get(f"/v1/jobs/{job_id}", headers=creds.owner_headers).json()
+    assert job["status"] == "succeeded" and job["attempt"] == 2, victim.log()
+    assert job["head_version"] == {"ref": f"{creds.name}/rescued:1"}
+    assert versions_of_job(factory, job_id) == 1
+    head = client.get(f"/v1/heads/{creds.name}/rescued", headers=creds.owner_headers).json()
+    assert [v["version"] for v in head["versions"]] == [1]
+
+
+def test_worker_processes_racing_over_jobs_run_each_once_and_exit_0_on_sigterm(
+    client, owner, spawn
+) -> None:
+    creds, ds = owner
+    factory = client.app.state.sessionmaker
+    ids = [add_job(factory, creds.id, ds, head=f"race-{i}") for i in range(8)]
+    workers = [spawn(concurrency=2), spawn(concurrency=2)]
+    try:
+        wait_for(lambda: all(job_row(factory, i).status == "succeeded" for i in ids), timeout=90)
+    except AssertionError:
+        states = [(job_row(factory, i).status, job_row(factory, i).error) for i in ids]
+        for w in workers:
+            w.signal(signal.SIGUSR1)  # faulthandler: every thread's stack into the log
+        time.sleep(1)
+        logs = "\n".join(w.log()[-6000:] for w in workers)
+        raise AssertionError(f"{states}\n{logs}") from None
+    for w in workers:
+        w.signal(signal.SIGTERM)
+    assert [w.wait(30) for w in workers] == [0, 0]
+    assert all(job_row(factory, i).attempt == 1 for i in ids)
+    assert all(versions_of_job(factory, i) == 1 for i in ids)
+    ran_by = {job_row(factory, i).worker_id for i in ids}
+    assert ran_by == {None}  # cleared at the end; who ran what is in the logs
+
+
+def test_sigterm_lets_a_short_job_finish_then_exits_0(client, owner, spawn) -> None:
+    creds, ds = owner
+    factory = client.app.state.sessionmaker
+    job_id = add_job(factory, creds.id, ds, head="drained", params=SLOW | {"epochs": 20})
+    worker = spawn(train_epoch_delay_s=0.05, worker_grace_s=60)
+    wait_for(lambda: job_row(factory, job_id).progress > 0.2, timeout=60)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, worker.log()
+    job = job_row(factory, job_id)
+    assert job.status == "succeeded" and job.attempt == 1
+    assert versions_of_job(factory, job_id) == 1
+
+
+def test_sigterm_hands_back_a_long_job_after_the_grace_period(client, owner, spawn) -> None:
+    creds, ds = owner
+    factory = client.app.state.sessionmaker
+    job_id = add_job(factory, creds.id, ds, head="handed", params=SLOW | {"epochs": 100_000})
+    worker = spawn(train_epoch_delay_s=0.05, worker_grace_s=0.5)
+    wait_for(lambda: job_row(factory, job_id).progress > 0.2, timeout=60)
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.log()
+    assert time.monotonic() - started < 15
+    job = job_row(factory, job_id)
+    assert job.status == "queued" and job.attempt == 1 and job.max_attempts == 4
+    assert versions_of_job(factory, job_id) == 0
+    with client:  # leave nothing claimable behind for other tests
+        client.post(f"/v1/jobs/{job_id}/cancel", headers=creds.owner_headers)
+
+
+def test_upload_train_and_predict_through_the_api_with_a_real_extractor(
+    client, make_tenant, settings
+) -> None:
+    creds = make_tenant("e2e")
+    h = creds.owner_headers
+    ds = client.post("/v1/datasets", json={"name": "colours"}, headers=h).json()["id"]
+    shades = {"red": lambda i: (200 + i * 5, 20, 20), "blue": lambda i: (20, 20, 200 + i * 5)}
+    for label, colour in shades.items():
+        files = [(f"{label}{i}.png", makers.png(32, 32, colour(i))) for i in range(8)]
+        r = client.post(
+            f"/v1/datasets/{ds}/images",
+            data={"label": label},
+            files=[("files", (n, d, "image/png")) for n, d in files],
+            headers=h,
+        )
+        assert r.status_code == 200 and r.json()["added"] == 8, r.text
+    body = {"dataset_id": ds, "head": "colours", "head_type": "float", "validation_fraction": 0.25}
+    job = client.post("/v1/jobs", json=body, headers=h).json()
+    factory = client.app.state.sessionmaker
+    extractor = ExtractorClient(settings.extractor_urls, timeout=10)
+    worker = Worker(
+        settings, session_factory=factory, extractor=extractor, blobs=client.app.state.blobs
+    )
+    assert worker.run_once()
+    done = client.get(f"/v1/jobs/{job['id']}", headers=h).json()
+    assert done["status"] == "succeeded", done["error"]
+    assert done["metrics"]["n_train"] + done["metrics"]["n_val"] == 16
+    r = client.post(
+        "/v1/predict",
+        params={"heads": "colours", "top_k": 1},
+        files=[("files", ("probe.png", makers.png(32, 32, (210, 20, 20)), "image/png"))],
+        headers=creds.predict_headers,
+    )
+    assert r.status_code == 200, r.text
+    (result,) = r.json()["results"]
+    (preds,) = result["predictions"].values()
+    assert preds[0]["label"] == "red"

@@ -1,0 +1,137 @@
+"""docker-compose.yml validates, and every service runs a command the `headhub` CLI accepts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+
+from service.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = shutil.which("docker-compose")
+SECRETS = {"POSTGRES_PASSWORD": "pw", "HEADHUB_ADMIN_KEY": "k" * 40, "HEADHUB_KEY_PEPPER": "p"}
+needs_compose = pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed")
+
+
+def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    assert COMPOSE is not None
+    clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    return subprocess.run(
+        [COMPOSE, "-f", str(ROOT / "docker-compose.yml"), *args],
+        cwd=ROOT,
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    if COMPOSE is None:
+        pytest.skip("docker-compose is not installed")
+    out = _compose("config", env=SECRETS)
+    assert out.returncode == 0, out.stderr
+    return yaml.safe_load(out.stdout)  # type: ignore[no-any-return]
+
+
+@needs_compose
+def test_compose_file_validates() -> None:
+    out = _compose("config", "-q", env=SECRETS)
+    assert out.returncode == 0, out.stderr
+
+
+@needs_compose
+def test_compose_refuses_to_start_without_secrets() -> None:
+    out = _compose("config", "-q", env={})
+    assert out.returncode != 0
+    assert "POSTGRES_PASSWORD" in out.stderr or "HEADHUB_" in out.stderr
+
+
+def test_production_shape(config: dict[str, Any]) -> None:
+    services = config["services"]
+    extractors = [
+        n for n, s in services.items() if s.get("command", [None])[:2] == ["extractor", "serve"]
+    ]
+    workers = [n for n, s in services.items() if s.get("command", [None])[0] == "worker"]
+    assert len(extractors) == 2 and len(workers) == 2
+    api_env = services["api"]["environment"]
+    assert api_env["HEADHUB_EXTRACTOR_URLS"].split(",") == [f"http://{n}:8001" for n in extractors]
+    assert api_env["HEADHUB_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["api"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert "pgdata" in config["volumes"] and "blobs" in config["volumes"]
+    for name in ["api", *workers]:  # one blob store shared by API and workers
+        mounts = [
+            v if isinstance(v, str) else f"{v['source']}:{v['target']}"
+            for v in services[name]["volumes"]
+        ]
+        assert any(m.startswith("blobs:/data") for m in mounts), name
+    for name in ["api", *extractors]:
+        assert "test" in services[name]["healthcheck"], name
+
+
+# typer vendors its own click: take its exception base from a public typer class.
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class UnknownCommand(LookupError):
+    def format_message(self) -> str:
+        return str(self)
+
+
+def _resolve(args: list[str]) -> None:
+    """Parse `args` through the real CLI without running it; raises if a command or option is
+    unknown or a value does not parse."""
+    cmd: Any = typer.main.get_command(app)
+    ctx = cmd.make_context("headhub", [], resilient_parsing=True)
+    while hasattr(cmd, "get_command"):  # a group: descend one word
+        if not args:
+            raise UnknownCommand("a group, not a command")
+        name, args = args[0], args[1:]
+        sub = cmd.get_command(ctx, name)
+        if sub is None:
+            raise UnknownCommand(f"no command {name!r}")
+        cmd = sub
+        ctx = cmd.make_context(name, [], parent=ctx, resilient_parsing=True)
+    cmd.make_context(cmd.name or "", list(args), parent=ctx.parent)
+
+
+def test_every_headhub_service_command_exists_in_the_cli(config: dict[str, Any]) -> None:
+    commands = {
+        n: s["command"]
+        for n, s in config["services"].items()
+        if s.get("image", "").startswith("headhub")
+    }
+    assert set(commands) >= {"migrate", "api", "extractor-1", "worker-1"}
+    for name, command in commands.items():
+        try:
+            _resolve(list(command))
+        except (ClickException, UnknownCommand) as e:
+            pytest.fail(f"service {name}: `headhub {' '.join(command)}`: {e.format_message()}")
+
+
+def test_cli_resolver_rejects_unknown_commands_and_options() -> None:
+    with pytest.raises(UnknownCommand):
+        _resolve(["no-such-command"])
+    with pytest.raises(ClickException):
+        _resolve(["api", "--no-such-option", "1"])
+    with pytest.raises(ClickException):
+        _resolve(["api", "--port", "not-a-number"])
+    _resolve(["api", "--host", "0.0.0.0", "--port", "8000"])
+
+
+def test_dockerfile_runs_as_non_root_with_a_healthcheck_and_pinned_cpu_torch() -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "\nUSER headhub" in text
+    assert "HEALTHCHECK" in text
+    assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in text

@@ -1,0 +1,169 @@
+"""Reliability items 34 and 35 against real processes.
+
+34: a full extractor queue makes the API answer 503 with Retry-After quickly, never a timeout.
+35: SIGTERM to `headhub api` under load: in-flight requests finish, new ones are refused, it exits.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.settings import Settings
+from tests.conftest import make_settings
+from tests.fixtures.extractor import ExtractorProcess, start_extractor
+from tests.ops.helpers import png, seed_head, start_api
+
+pytestmark = pytest.mark.slow
+SLOW_BATCH_MS = 4000  # the extractor holds a lone image this long waiting for a batch to fill
+
+
+def _wait_queue_depth(ext: ExtractorProcess, depth: int, timeout: float = 15.0) -> None:
+    """Block until `depth` images wait in the extractor: the requests are surely in flight."""
+    pattern = re.compile(r"^extractor_queue_depth (\S+)$", re.M)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = pattern.search(httpx.get(f"{ext.url}/metrics", timeout=2).text)
+        if m and float(m.group(1)) >= depth:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the extractor never held {depth} images")
+
+
+@pytest.fixture(scope="module")
+def slow_extractor(
+    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ExtractorProcess]:
+    """An extractor whose queue holds 4 images and whose batches wait 4 s to fill."""
+    ext = start_extractor(
+        tiny_checkpoint,
+        tmp_path_factory.mktemp("slow-ext"),
+        "--queue-size",
+        "4",
+        "--max-batch",
+        "64",
+        "--max-wait-ms",
+        str(SLOW_BATCH_MS),
+    )
+    yield ext
+    ext.stop()
+
+
+@pytest.fixture(scope="module")
+def ops_settings(
+    tmp_path_factory: pytest.TempPathFactory, slow_extractor: ExtractorProcess
+) -> Settings:
+    """SQLite is enough here: these scenarios are about processes and queues, not SQL."""
+    data = tmp_path_factory.mktemp("ops-data")
+    from service.db import migrate
+
+    url = f"sqlite:///{data / 'headhub.db'}"
+    migrate(url)
+    return make_settings(data, url, extractor_urls=[slow_extractor.url], extractor_timeout_s=20.0)
+
+
+@pytest.fixture(scope="module")
+def world(ops_settings: Settings, slow_extractor: ExtractorProcess, tiny_checkpoint: Path):  # type: ignore[no-untyped-def]
+    return seed_head(ops_settings, slow_extractor.url, tiny_checkpoint)
+
+
+def _predict(url: str, headers: dict[str, str], ref: str, n: int, seed: int) -> httpx.Response:
+    files = [("files", (f"{seed}-{i}.png", png(seed * 100 + i), "image/png")) for i in range(n)]
+    return httpx.post(
+        f"{url}/v1/predict",
+        params={"heads": ref, "top_k": 1},
+        files=files,
+        headers=headers,
+        timeout=30,
+    )
+
+
+def test_full_extractor_queue_answers_503_fast_not_a_timeout(
+    ops_settings: Settings,
+    world,
+    slow_extractor: ExtractorProcess,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    tenant, ref = world
+    api = start_api(ops_settings, tmp_path)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            filler = pool.submit(_predict, api.url, tenant.owner_headers, ref, 4, 1)
+            _wait_queue_depth(slow_extractor, 4)  # full for the next ~4 s
+            started = time.monotonic()
+            refused = _predict(api.url, tenant.owner_headers, ref, 2, 2)
+            elapsed = time.monotonic() - started
+            assert filler.result().status_code == 200
+    finally:
+        api.stop()
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "extractor_unavailable"
+    assert int(refused.headers["Retry-After"]) >= 1
+    # Well before the queue drains (4 s) and far from the extractor timeout (20 s).
+    assert elapsed < 3.0, f"refusal took {elapsed:.2f}s"
+
+
+def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits(
+    ops_settings: Settings,
+    world,
+    slow_extractor: ExtractorProcess,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    tenant, ref = world
+    api = start_api(ops_settings, tmp_path)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            in_flight = [
+                pool.submit(_predict, api.url, tenant.owner_headers, ref, 1, s) for s in range(3)
+            ]
+            _wait_queue_depth(slow_extractor, 3)  # all three wait in the extractor's batcher
+            sent_at = time.monotonic()
+            api.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            with pytest.raises(httpx.TransportError):  # the listening socket is closed
+                httpx.get(f"{api.url}/healthz", timeout=2)
+            results = [f.result() for f in in_flight]
+        rc = api.proc.wait(timeout=20)
+        exit_after = time.monotonic() - sent_at
+    finally:
+        api.stop()
+    assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
+    assert all(r.json()["results"][0]["predictions"] for r in results)
+    # uvicorn re-raises the captured SIGTERM after its graceful shutdown, so the exit status says
+    # "terminated by SIGTERM"; the log proves the shutdown was the graceful one.
+    assert rc in (0, -signal.SIGTERM), api.log()
+    assert "Finished server process" in api.log()
+    assert exit_after < 15
+
+
+def test_the_request_id_travels_from_the_api_into_the_extractor_logs(
+    ops_settings: Settings,
+    world,  # type: ignore[no-untyped-def]
+    slow_extractor: ExtractorProcess,
+    tmp_path: Path,
+) -> None:
+    tenant, ref = world
+    api = start_api(ops_settings, tmp_path)
+    try:
+        files = [("files", ("trace.png", png(7), "image/png"))]
+        r = httpx.post(
+            f"{api.url}/v1/predict",
+            params={"heads": ref},
+            files=files,
+            headers=tenant.owner_headers | {"X-Request-ID": "trace-me-4711"},
+            timeout=30,
+        )
+        api.terminate()
+    finally:
+        api.stop()
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Request-ID"] == "trace-me-4711"
+    assert '"trace-me-4711"' in slow_extractor.log()
+    assert "trace-me-4711" in api.log()

@@ -1,0 +1,233 @@
+"""`headhub up` end to end: readiness, the admin key, the CLI journey, supervision, Ctrl-C.
+
+One supervisor (extractor + API + worker on SQLite under a temp dir, tiny extractor checkpoint)
+serves the whole module; the tests run in file order and the last one stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from bench.load.scenario import write_dataset
+from service.cli import app as cli_app
+from service.up import ensure_admin_key
+from tests.fixtures.extractor import free_port
+
+pytestmark = pytest.mark.slow
+STARTED = re.compile(r"started (\w+) \(pid (\d+)\)")
+runner = CliRunner()
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[bytes]
+    url: str
+    data_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def pids(self) -> dict[str, int]:
+        """The newest pid of each child, from the supervisor's log lines."""
+        return {name: int(pid) for name, pid in STARTED.findall(self.log())}
+
+    def wait_for(self, predicate, what: str, timeout: float = 90.0) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; log:\n{self.log()[-4000:]}")
+
+
+def _free_pair() -> int:
+    while True:
+        port = free_port()
+        try:
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+
+
+@pytest.fixture(scope="module")
+def up(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    data_dir = tmp_path_factory.mktemp("up-data")
+    log_path = data_dir.parent / "up.log"
+    port = _free_pair()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADHUB_")}
+    env |= {"HEADHUB_RATE_LIMIT_PER_MINUTE": "0", "HEADHUB_WORKER_POLL_S": "0.2"}
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "up",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--checkpoint",
+                str(tiny_checkpoint),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    handle = Up(proc, f"http://127.0.0.1:{port}", data_dir, log_path)
+    try:
+        handle.wait_for(lambda: "headhub is ready at" in handle.log(), "readiness", 180)
+        yield handle
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pid in handle.pids().values():  # never leak children, whatever failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_ready_prints_url_and_the_admin_key_once_and_stores_it_private(up: Up) -> None:
+    key = (up.data_dir / "admin_key").read_text().strip()
+    assert stat.S_IMODE((up.data_dir / "admin_key").stat().st_mode) == 0o600
+    assert up.log().count(key) == 1
+    assert f"headhub is ready at {up.url}" in up.log()
+    assert httpx.get(f"{up.url}/readyz").status_code == 200
+    r = httpx.get(f"{up.url}/v1/tenants", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200
+
+
+def test_admin_key_is_created_once_then_reused(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("HEADHUB_ADMIN_KEY", raising=False)
+    key, created = ensure_admin_key(tmp_path)
+    again, created_again = ensure_admin_key(tmp_path)
+    assert created and not created_again and key == again and len(key) >= 32
+    monkeypatch.setenv("HEADHUB_ADMIN_KEY", "y" * 40)
+    assert ensure_admin_key(tmp_path) == ("y" * 40, False)
+
+
+def _cli(*args: str, key: str, url: str) -> str:
+    r = runner.invoke(cli_app, [*args, "--url", url, "--key", key], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, f"headhub {' '.join(args)}:\n{r.output}"
+    return r.output
+
+
+def test_cli_journey_upload_train_predict_publish_export(up: Up, tmp_path: Path) -> None:
+    admin = (up.data_dir / "admin_key").read_text().strip()
+    _cli("tenants", "create", "acme", key=admin, url=up.url)
+    owner = _cli("keys", "create", "acme", "--scope", "owner", key=admin, url=up.url)
+    key = next(line for line in owner.splitlines() if line.startswith("hh_"))
+    _cli("datasets", "create", "colours", key=key, url=up.url)
+    write_dataset(str(tmp_path / "colours"), per_label=8)
+    first = _cli(
+        "upload", "colours", str(tmp_path / "colours"), "--batch-files", "5", key=key, url=up.url
+    )
+    assert "added 24, duplicates 0" in first
+    resumed = _cli("upload", "colours", str(tmp_path / "colours"), key=key, url=up.url)
+    assert "added 0" in resumed and "skipped (sent before) 24" in resumed
+    again = _cli("upload", "colours", str(tmp_path / "colours"), "--no-resume", key=key, url=up.url)
+    assert "added 0, duplicates 24" in again
+
+    trained = _cli("train", "colours", "--head", "colours", "--type", "float", key=key, url=up.url)
+    assert "trained acme/colours:1" in trained
+    assert "succeeded" in _cli("jobs", key=key, url=up.url)
+    assert "acme/colours" in _cli("heads", key=key, url=up.url)
+    _cli("alias", "colours", "production", "1", key=key, url=up.url)
+    versions = _cli("heads", "colours", key=key, url=up.url)
+    assert "production" in versions and "float" in versions
+    _cli("publish", "colours", "--description", "red green blue", key=key, url=up.url)
+    assert "acme/colours" in _cli("marketplace", "-q", "colours", key=key, url=up.url)
+
+    image = tmp_path / "colours" / "red" / "red-000.png"
+    table = _cli(
+        "predict", str(image), "--head", "acme/colours", "--top-k", "2", key=key, url=up.url
+    )
+    assert "red-000.png" in table and "acme/colours" in table
+
+    out = tmp_path / "colours.safetensors"
+    _cli("export", "colours", "--format", "safetensors", "-o", str(out), key=key, url=up.url)
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="numpy") as f:
+        assert f.keys()
+    onnx_out = tmp_path / "colours.onnx"
+    _cli(
+        "export",
+        "acme/colours@production",
+        "--format",
+        "onnx",
+        "-o",
+        str(onnx_out),
+        key=key,
+        url=up.url,
+    )
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(onnx_out)))
+
+
+def test_cli_errors_from_the_live_server_are_sentences(up: Up) -> None:
+    admin = (up.data_dir / "admin_key").read_text().strip()
+    r = runner.invoke(cli_app, ["heads", "nobody/nothing", "--url", up.url, "--key", admin])
+    assert r.exit_code == 1
+    assert "error:" in r.output and "Traceback" not in r.output
+
+
+def test_a_killed_child_is_restarted_with_a_log_line(up: Up) -> None:
+    old = up.pids()
+    assert set(old) == {"extractor", "api", "worker"}
+    os.kill(old["api"], signal.SIGKILL)
+    up.wait_for(lambda: up.pids()["api"] != old["api"], "the api to be restarted")
+    assert f"api (pid {old['api']}) exited with code -9" in up.log()
+    assert "restarting api" in up.log()
+    up.wait_for(lambda: _status(f"{up.url}/readyz") == 200, "the new api to be ready")
+    assert up.pids()["extractor"] == old["extractor"]  # the others were left alone
+
+
+def test_ctrl_c_stops_every_child_and_exits_zero(up: Up) -> None:
+    children = up.pids()
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(timeout=60) == 0, up.log()[-3000:]
+    for name, pid in children.items():
+        assert not _alive(pid), f"{name} (pid {pid}) outlived the supervisor"
+    assert "stopped" in up.log()
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes; the supervisor reaped its own children.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
