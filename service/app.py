@@ -21,6 +21,7 @@ from service.metrics import router as metrics_router
 from service.observability import ObservabilityMiddleware
 from service.openapi import install_openapi
 from service.predict.endpoints import router as predict_router
+from service.predict.extractor_info import router as extractor_info_router
 from service.ratelimit import make_limiter
 from service.settings import Settings, get_settings
 from service.tenants.endpoints import router as tenants_router
@@ -36,6 +37,7 @@ ROUTERS: list[APIRouter] = [
     admin_heads_router,
     marketplace_router,
     predict_router,
+    extractor_info_router,
 ]
 
 

@@ -45,8 +45,11 @@ _COMMON: dict[str, str] = {
     "413": "Request body over the size limit (`body_too_large`).",
     "422": "Invalid request: parameters or body (`validation_error`) or a domain rule.",
     "429": "Rate limit or per-tenant quota reached; see `Retry-After` (`rate_limited`, ...).",
+    "502": "The extractor answered garbage (`extractor_bad_response`); nothing was stored.",
     "503": "The database or the extractor is not answering; see `Retry-After`.",
 }
+# Routes that call the extractor process and so can relay its failures.
+_EXTRACTOR_PATHS = ("/v1/predict", "/v1/extractor")
 _WRITES = {"post", "put", "patch", "delete"}
 _RETRY_AFTER = {
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}
@@ -66,6 +69,8 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
         out.append("409")
     if has_body:
         out.append("413")
+    if path.startswith(_EXTRACTOR_PATHS):
+        out.append("502")
     return out
 
 

@@ -113,9 +113,13 @@ def make_peer(client: TestClient, app: Any, prefix: str, seed: int) -> Peer:
     )
     assert job.status_code == 202, job.text
     add_version(app, creds.id, head, labels=list(LABELS), seed=seed, extractor_id=extractor_id(app))
-    r = client.put(f"/v1/heads/{creds.name}/{head}/aliases/production", json={"version": 1}, headers=h)
+    r = client.put(
+        f"/v1/heads/{creds.name}/{head}/aliases/production", json={"version": 1}, headers=h
+    )
     assert r.status_code == 200, r.text
-    spare = client.post(f"/v1/tenants/{creds.name}/keys", json={"scope": "predict", "name": "spare"}, headers=h)
+    spare = client.post(
+        f"/v1/tenants/{creds.name}/keys", json={"scope": "predict", "name": "spare"}, headers=h
+    )
     assert spare.status_code == 201, spare.text
     keys = [key_id(creds.owner_key), key_id(creds.predict_key), spare.json()["id"]]
     return Peer(creds, ds, ds_name, head, job.json()["id"], spare.json()["id"], shas[0], keys)

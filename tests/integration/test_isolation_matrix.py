@@ -165,7 +165,7 @@ def test_another_tenants_object_answers_like_a_missing_one(
         assert real.headers["content-type"] == "application/problem+json"
     shown = {what: normalized(r, named[what]) for what, r in answers.items()}
     assert shown["b"] == shown["missing"], shown
-    if "{owner}" in row.path or row.body and "{ref}" in str(row.body):
+    if "{owner}" in row.path or (row.body and "{ref}" in str(row.body)):
         assert shown["b"] == shown["no such tenant"], shown
 
 
