@@ -78,8 +78,10 @@ class MBConv(nn.Module):
 class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 with the state-dict key names of the PyPI package."""
 
-    feature_dim = 1280
-    num_classes = 1000
+    FEATURE_DIM = 1280
+    NUM_CLASSES = 1000
+    feature_dim = FEATURE_DIM
+    num_classes = NUM_CLASSES
 
     def __init__(self) -> None:
         super().__init__()

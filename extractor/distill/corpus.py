@@ -196,7 +196,9 @@ def _photo_views(img: np.ndarray, side: int) -> Iterable[np.ndarray]:
     rgb = pil.convert("RGB")
     for k in (2, 3):
         scale = k * side / min(rgb.size)
-        big = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.LANCZOS)
+        big = rgb.resize(
+            (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS
+        )
         ox, oy = (big.width - k * side) // 2, (big.height - k * side) // 2
         for i in range(k):
             for j in range(k):
@@ -208,7 +210,7 @@ def _photos(side: int) -> tuple[np.ndarray, np.ndarray]:
     """(photo tiles (N, S, S, 3), lfw faces (200, 25, 25)) from scikit-image's bundled data."""
     from skimage import data
 
-    views = []
+    views: list[np.ndarray] = []
     for name in PHOTO_NAMES:
         img = np.asarray(getattr(data, name)())
         if img.dtype != np.uint8:

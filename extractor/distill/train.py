@@ -39,7 +39,7 @@ from extractor.distill.corpus import Corpus, CorpusConfig, build_corpus
 from extractor.layers import set_binarize
 from extractor.models import DEFAULT_ARCH, create_model
 from extractor.quantizers import clip_latent_weights_
-from extractor.teacher import TEACHER_NAME, load_teacher, normalize_uint8
+from extractor.teacher import TEACHER_NAME, EfficientNetLite0, load_teacher, normalize_uint8
 
 __all__ = ["DistillError", "TrainConfig", "Trainer", "export_run", "lr_at"]
 
@@ -122,11 +122,15 @@ class Trainer:
         torch.set_num_threads(cfg.threads)
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.student = create_model(cfg.arch, **cfg.arch_overrides).to(
-            self.device, memory_format=CL
-        )
-        self.teacher = load_teacher(self.device).to(memory_format=CL)
-        self.proj = nn.Linear(self.student.feature_dim, self.teacher.feature_dim).to(self.device)
+        # channels-last: about 1.3x faster convolutions on CPU (the probe: 449 vs 355 img/s)
+        # Any: the registry returns nn.Module; the model contract (docs/contracts.md) adds
+        # forward_features/forward_head/feature_dim/pretrained_cfg, which nn.Module cannot type.
+        student: Any = create_model(cfg.arch, **cfg.arch_overrides)
+        self.student = student.to(self.device, memory_format=CL)
+        self.teacher = load_teacher(self.device)
+        self.teacher.to(memory_format=CL)  # type: ignore[call-overload]
+        dims = int(self.student.feature_dim), EfficientNetLite0.FEATURE_DIM
+        self.proj = nn.Linear(*dims).to(self.device)  # throwaway: student -> teacher features
         self.params = list(self.student.parameters()) + list(self.proj.parameters())
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -403,7 +407,8 @@ class Trainer:
             )
         self._set_stage()
         self.student.eval()
-        model = copy.deepcopy(self.student).cpu().to(memory_format=torch.contiguous_format)
+        model = copy.deepcopy(self.student).cpu()
+        model.to(memory_format=torch.contiguous_format)
         return save_checkpoint(model, path, self.provenance())
 
 
