@@ -66,8 +66,9 @@ class JobsCollector(Collector):
         self.sessionmaker = sessionmaker
 
     def collect(self) -> Iterable[Any]:
-        up = GaugeMetricFamily("headhub_metrics_database_up",
-                               "1 when the job metrics could be read from the database.")
+        up = GaugeMetricFamily(
+            "headhub_metrics_database_up", "1 when the job metrics could be read from the database."
+        )
         table = _jobs_table()
         try:
             counts, durations = self._query(table) if table is not None else ({}, [])
@@ -96,17 +97,20 @@ class JobsCollector(Collector):
         with self.sessionmaker() as session:
             rows = session.execute(select(t.c.status, func.count()).group_by(t.c.status)).all()
             counts = {str(status): int(n) for status, n in rows}
-            dur = _seconds_between(session.get_bind().dialect.name, t.c.started_at,
-                                   t.c.finished_at)
+            dur = _seconds_between(session.get_bind().dialect.name, t.c.started_at, t.c.finished_at)
             cols = [func.sum(case((dur <= b, 1), else_=0)) for b in TRAINING_BUCKETS]
             hist_rows = session.execute(
                 select(t.c.head_type, func.count(), func.coalesce(func.sum(dur), 0.0), *cols)
-                .where(t.c.status == "succeeded", t.c.started_at.is_not(None),
-                       t.c.finished_at.is_not(None))
+                .where(
+                    t.c.status == "succeeded",
+                    t.c.started_at.is_not(None),
+                    t.c.finished_at.is_not(None),
+                )
                 .group_by(t.c.head_type)
             ).all()
-        durations = [(str(r[0]), int(r[1]), float(r[2]), [int(c or 0) for c in r[3:]])
-                     for r in hist_rows]
+        durations = [
+            (str(r[0]), int(r[1]), float(r[2]), [int(c or 0) for c in r[3:]]) for r in hist_rows
+        ]
         return counts, durations
 
 
@@ -143,8 +147,9 @@ router = APIRouter(tags=["operations"])
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {}},
-                     "description": "Prometheus text exposition format"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}
+    },
 )
 def metrics(request: Request) -> Response:
     """Prometheus scrape target: request latencies, jobs, training durations, head cache."""

@@ -27,6 +27,7 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 request_id_var: ContextVar[str | None] = ContextVar("headhub_request_id", default=None)
 access_log = logging.getLogger("headhub.access")
 
+
 def current_request_id() -> str | None:
     """The id of the request being served (pass it to the extractor client)."""
     return request_id_var.get()

@@ -77,14 +77,8 @@ class ApiProcess:
             self.proc.kill()
             self.proc.wait(10)
 
-    def terminate(self, timeout: float = 30.0) -> int:
-        """Graceful stop (SIGTERM): every log line of finished requests is written."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        return self.proc.wait(timeout)
 
-
-def start_api(settings: Settings, log_dir: Path, timeout: float = 60.0, **env: Any) -> ApiProcess:
+def start_api(settings: Settings, log_dir: Path, timeout: float = 180.0, **env: Any) -> ApiProcess:
     """`headhub api` on a free port; returns once /healthz answers."""
     port = free_port()
     log_path = log_dir / f"api-{port}.log"

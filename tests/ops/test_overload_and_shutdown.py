@@ -19,7 +19,7 @@ import pytest
 from service.settings import Settings
 from tests.conftest import make_settings
 from tests.fixtures.extractor import ExtractorProcess, start_extractor
-from tests.ops.helpers import png, seed_head, start_api
+from tests.ops.helpers import ApiProcess, png, seed_head, start_api
 
 pytestmark = pytest.mark.slow
 SLOW_BATCH_MS = 4000  # the extractor holds a lone image this long waiting for a batch to fill
@@ -74,6 +74,18 @@ def world(ops_settings: Settings, slow_extractor: ExtractorProcess, tiny_checkpo
     return seed_head(ops_settings, slow_extractor.url, tiny_checkpoint)
 
 
+@pytest.fixture(scope="module")
+def shared_api(
+    ops_settings: Settings,
+    world,
+    tmp_path_factory: pytest.TempPathFactory,  # type: ignore[no-untyped-def]
+) -> Iterator[ApiProcess]:
+    """One `headhub api` for the tests that do not stop it (each start costs seconds)."""
+    api = start_api(ops_settings, tmp_path_factory.mktemp("api"))
+    yield api
+    api.stop()
+
+
 def _predict(url: str, headers: dict[str, str], ref: str, n: int, seed: int) -> httpx.Response:
     files = [("files", (f"{seed}-{i}.png", png(seed * 100 + i), "image/png")) for i in range(n)]
     return httpx.post(
@@ -86,28 +98,36 @@ def _predict(url: str, headers: dict[str, str], ref: str, n: int, seed: int) -> 
 
 
 def test_full_extractor_queue_answers_503_fast_not_a_timeout(
-    ops_settings: Settings,
+    shared_api: ApiProcess,
     world,
-    slow_extractor: ExtractorProcess,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    slow_extractor: ExtractorProcess,  # type: ignore[no-untyped-def]
 ) -> None:
     tenant, ref = world
-    api = start_api(ops_settings, tmp_path)
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            filler = pool.submit(_predict, api.url, tenant.owner_headers, ref, 4, 1)
-            _wait_queue_depth(slow_extractor, 4)  # full for the next ~4 s
-            started = time.monotonic()
-            refused = _predict(api.url, tenant.owner_headers, ref, 2, 2)
-            elapsed = time.monotonic() - started
-            assert filler.result().status_code == 200
-    finally:
-        api.stop()
+    api = shared_api
+    with ThreadPoolExecutor(2) as pool:
+        filler = pool.submit(_predict, api.url, tenant.owner_headers, ref, 4, 1)
+        _wait_queue_depth(slow_extractor, 4)  # full for the next ~4 s
+        started = time.monotonic()
+        refused = _predict(api.url, tenant.owner_headers, ref, 2, 2)
+        elapsed = time.monotonic() - started
+        assert filler.result().status_code == 200
     assert refused.status_code == 503, refused.text
     assert refused.json()["code"] == "extractor_unavailable"
     assert int(refused.headers["Retry-After"]) >= 1
     # Well before the queue drains (4 s) and far from the extractor timeout (20 s).
     assert elapsed < 3.0, f"refusal took {elapsed:.2f}s"
+
+
+def _refuses_connections(url: str, within: float) -> bool:
+    """True once a new request fails to connect (the listening socket is closed)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1)
+        except httpx.TransportError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits(
@@ -126,14 +146,13 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits(
             _wait_queue_depth(slow_extractor, 3)  # all three wait in the extractor's batcher
             sent_at = time.monotonic()
             api.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            with pytest.raises(httpx.TransportError):  # the listening socket is closed
-                httpx.get(f"{api.url}/healthz", timeout=2)
+            refused = _refuses_connections(api.url, within=3.0)  # in-flight ones still wait
             results = [f.result() for f in in_flight]
         rc = api.proc.wait(timeout=20)
         exit_after = time.monotonic() - sent_at
     finally:
         api.stop()
+    assert refused, "new connections were still accepted after SIGTERM"
     assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
     assert all(r.json()["results"][0]["predictions"] for r in results)
     # uvicorn re-raises the captured SIGTERM after its graceful shutdown, so the exit status says
@@ -144,26 +163,23 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits(
 
 
 def test_the_request_id_travels_from_the_api_into_the_extractor_logs(
-    ops_settings: Settings,
-    world,  # type: ignore[no-untyped-def]
-    slow_extractor: ExtractorProcess,
-    tmp_path: Path,
+    shared_api: ApiProcess,
+    world,
+    slow_extractor: ExtractorProcess,  # type: ignore[no-untyped-def]
 ) -> None:
     tenant, ref = world
-    api = start_api(ops_settings, tmp_path)
-    try:
-        files = [("files", ("trace.png", png(7), "image/png"))]
-        r = httpx.post(
-            f"{api.url}/v1/predict",
-            params={"heads": ref},
-            files=files,
-            headers=tenant.owner_headers | {"X-Request-ID": "trace-me-4711"},
-            timeout=30,
-        )
-        api.terminate()
-    finally:
-        api.stop()
+    files = [("files", ("trace.png", png(7), "image/png"))]
+    r = httpx.post(
+        f"{shared_api.url}/v1/predict",
+        params={"heads": ref},
+        files=files,
+        headers=tenant.owner_headers | {"X-Request-ID": "trace-me-4711"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     assert r.headers["X-Request-ID"] == "trace-me-4711"
     assert '"trace-me-4711"' in slow_extractor.log()
-    assert "trace-me-4711" in api.log()
+    deadline = time.monotonic() + 10  # the access line is written just after the response
+    while "trace-me-4711" not in shared_api.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "trace-me-4711" in shared_api.log()
