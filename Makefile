@@ -19,7 +19,7 @@ run: $(STAMP)
 ## Install what the tests need and run the whole suite (SQLite and PostgreSQL).
 test: $(STAMP)
 	$(BIN)/ruff check service extractor migrations tests bench
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check service extractor migrations tests bench
