@@ -45,7 +45,11 @@ class PermanentJobError(Exception):
     """Retrying cannot help (dataset gone, no usable images): the job fails at once."""
 
 
-PERMANENT = (PermanentJobError, InvalidParams, InvalidTrainingData, HeadhubError)
+def _is_permanent(exc: BaseException) -> bool:
+    """Bad input fails at once; outages (extractor, database, 5xx/429 errors) are retried."""
+    if isinstance(exc, PermanentJobError | InvalidParams | InvalidTrainingData):
+        return True
+    return isinstance(exc, HeadhubError) and exc.status < 500 and exc.status != 429
 
 
 class Worker:
@@ -165,10 +169,11 @@ class Worker:
             self._finish(job, status=JobStatus.cancelled.value)
         except LeaseLost:
             log.warning("job %s attempt %d lost its lease; result dropped", job.id, job.attempt)
-        except PERMANENT as exc:
-            log.warning("job %s failed permanently: %s", job.id, exc)
-            self._finish(job, status=JobStatus.failed.value, error=_describe(exc))
         except Exception as exc:
+            if _is_permanent(exc):
+                log.warning("job %s failed permanently: %s", job.id, exc)
+                self._finish(job, status=JobStatus.failed.value, error=_describe(exc))
+                return
             delay = backoff_s(job.attempt, s)
             with session_scope(self.factory) as session:
                 status = repo.retry_or_fail(

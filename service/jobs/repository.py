@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import CursorResult, and_, case, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from service.datasets.models import Dataset, DatasetImage
@@ -25,6 +25,11 @@ from service.jobs.models import ACTIVE, Job, JobStatus
 from service.tenants.models import Tenant
 
 QUEUED, RUNNING = JobStatus.queued.value, JobStatus.running.value
+
+
+def _rowcount(session: Session, stmt: Any) -> int:
+    result = session.execute(stmt, execution_options={"synchronize_session": False})
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def _fence(job_id: str, attempt: int) -> Any:
@@ -78,7 +83,7 @@ def claim(session: Session, *, worker_id: str, now: datetime, lease_s: float) ->
         if job_id is None:
             return None
         stmt = update(Job).where(Job.id == job_id, Job.status == QUEUED).values(**values)
-        if session.execute(stmt, execution_options={"synchronize_session": False}).rowcount == 1:
+        if _rowcount(session, stmt) == 1:
             return session.get(Job, job_id, populate_existing=True)
     return None
 
@@ -108,7 +113,7 @@ def reap_expired(session: Session, *, now: datetime) -> int:
             lease_expires_at=None,
         )
     )
-    return session.execute(stmt, execution_options={"synchronize_session": False}).rowcount
+    return _rowcount(session, stmt)
 
 
 def heartbeat(
@@ -139,8 +144,7 @@ def finish(session: Session, job_id: str, attempt: int, **values: Any) -> bool:
     stmt = update(Job).where(_fence(job_id, attempt)).values(worker_id=None, **values)
     if values.get("status") == JobStatus.succeeded.value:
         stmt = stmt.where(Job.cancel_requested.is_(False))  # a cancel wins over a late success
-    result = session.execute(stmt, execution_options={"synchronize_session": False})
-    return result.rowcount == 1
+    return _rowcount(session, stmt) == 1
 
 
 def retry_or_fail(
@@ -192,12 +196,12 @@ def cancel_queued(session: Session, job_id: str, now: datetime) -> bool:
         .where(Job.id == job_id, Job.status == QUEUED)
         .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now)
     )
-    return session.execute(stmt, execution_options={"synchronize_session": False}).rowcount == 1
+    return _rowcount(session, stmt) == 1
 
 
 def request_cancel_running(session: Session, job_id: str) -> bool:
     stmt = update(Job).where(Job.id == job_id, Job.status == RUNNING).values(cancel_requested=True)
-    return session.execute(stmt, execution_options={"synchronize_session": False}).rowcount == 1
+    return _rowcount(session, stmt) == 1
 
 
 # --- reads ----------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ from service.training.data import pack_bits
 class FloatHead(nn.Module):
     """Multinomial logistic regression on (optionally z-scored) real features: paper's (b)."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Tensor, std: Tensor, n_classes: int) -> None:
         super().__init__()
         self.register_buffer("mean", mean)  # (D,)
@@ -32,7 +35,7 @@ class FloatHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, D) -> (B, C)
         return self.linear((x - self.mean) / self.std)
 
-    def decay_parameters(self) -> list[nn.Parameter]:
+    def decay_parameters(self) -> list[Tensor]:
         return [self.linear.weight]
 
     @torch.no_grad()
@@ -66,7 +69,7 @@ class BinaryHead(nn.Module):
     def forward(self, x_pm: Tensor) -> Tensor:
         return self.dots(x_pm) * self.scale + self.bias
 
-    def decay_parameters(self) -> list[nn.Parameter]:
+    def decay_parameters(self) -> list[Tensor]:
         return [self.latent]
 
     @torch.no_grad()
@@ -86,6 +89,9 @@ class MlpHead(nn.Module):
     """One float hidden layer (ReLU) on real features: the paper's future work of retraining more
     than the last layer, kept floating point since it runs in software next to the head."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(
         self, mean: Tensor, std: Tensor, hidden: int, n_classes: int, generator: torch.Generator
     ) -> None:
@@ -104,7 +110,7 @@ class MlpHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(torch.relu(self.fc1((x - self.mean) / self.std)))
 
-    def decay_parameters(self) -> list[nn.Parameter]:
+    def decay_parameters(self) -> list[Tensor]:
         return [self.fc1.weight, self.fc2.weight]
 
     @torch.no_grad()

@@ -45,12 +45,15 @@ def fit(
     generator: torch.Generator,
     progress_cb: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    monitor: str = "loss",
 ) -> FitResult:
     """Train `model` in place and leave it holding the weights of its best epoch.
 
     `data` is (x_train, y_train, x_val, y_val); with an empty validation part the training loss
     decides the best epoch. Weight decay (decoupled, AdamW) applies to `decay_parameters()` only,
     never to biases or scales. A model with `constrain_` (the binary head) gets it after each step.
+    `monitor="top1"` picks the best epoch by validation accuracy instead of loss: the binary head's
+    loss mostly tracks its growing scale, which calibration refits afterwards anyway.
     """
     x_tr, y_tr, x_val, y_val = data
     opt = AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -82,9 +85,11 @@ def fit(
         if has_val:
             with torch.no_grad():
                 logits = model(x_val)
-            monitored = float(F.cross_entropy(logits, y_val, weight=class_weights))
-            entry["val_loss"] = round(monitored, 6)
-            entry["val_top1"] = round(topk_accuracy(logits, y_val, 1), 6)
+            val_loss = float(F.cross_entropy(logits, y_val, weight=class_weights))
+            val_top1 = topk_accuracy(logits, y_val, 1)
+            entry["val_loss"] = round(val_loss, 6)
+            entry["val_top1"] = round(val_top1, 6)
+            monitored = -val_top1 if monitor == "top1" else val_loss
         else:
             monitored = train_loss
             entry["val_top1"] = None

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from extractor.quantizers import sign
 from service.training.data import (
@@ -80,7 +80,14 @@ def train_head(
 
     model = _build(head_type, cfg, x_tr, y_tr, len(labels), generator)
     result = fit(
-        model, (x_tr, y_tr, x_val, y_val), weights_c, cfg, generator, progress_cb, should_stop
+        model,
+        (x_tr, y_tr, x_val, y_val),
+        weights_c,
+        cfg,
+        generator,
+        progress_cb,
+        should_stop,
+        monitor="top1" if head_type == "binary" else "loss",
     )
     if isinstance(model, BinaryHead) and isinstance(cfg, BinaryParams) and cfg.calibrate:
         _calibrate(model, x_tr, y_tr, weights_c)
@@ -107,7 +114,7 @@ def train_head(
 
 def _build(
     head_type: str, cfg: Params, x_tr: Tensor, y_tr: Tensor, n_classes: int, g: torch.Generator
-) -> nn.Module:
+) -> FloatHead | BinaryHead | MlpHead:
     if head_type == "float":
         return FloatHead(*standardizer(x_tr, cfg.standardize), n_classes)  # type: ignore[union-attr]
     if head_type == "mlp":

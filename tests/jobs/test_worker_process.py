@@ -1,5 +1,9 @@
 """Real `headhub worker` processes against one database: SIGKILL mid-training, several
-processes racing, SIGTERM draining, and the whole path from upload to prediction."""
+processes racing, SIGTERM draining, and the whole path from upload to prediction.
+
+Handing a job back when the grace period runs out is tested in-process (test_queue.py), through
+the same `Worker.stop()` the SIGTERM handler calls.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ from tests.jobs.helpers import add_job, job_row, seed_dataset, versions_of_job, 
 
 pytestmark = pytest.mark.slow
 
+# A fresh worker process imports torch before it claims anything: tens of seconds on a busy
+# 2-core machine. Poll gently: on SQLite every read here also takes the write lock.
+STARTUP_S = 180.0
 SLOW = {"epochs": 60, "patience": 0, "batch_size": 512, "lr": 0.05}  # 60 epochs x epoch delay
 
 
@@ -37,11 +44,10 @@ def extractor_id(extractor_process: str) -> str:
 def settings(
     db_url: str, tmp_path_factory: pytest.TempPathFactory, extractor_process: str
 ) -> Settings:
-    return make_settings(
-        tmp_path_factory.mktemp("data"),
-        db_url,
-        **(FAST_QUEUE | {"extractor_urls": [extractor_process]}),
-    )
+    # Leases a few times longer than in-process tests: a fresh worker process on a busy machine
+    # can stall for over a second (imports, GIL), and an expired lease means a legitimate rerun.
+    over = {"extractor_urls": [extractor_process], "job_lease_s": 6.0, "job_heartbeat_s": 0.5}
+    return make_settings(tmp_path_factory.mktemp("data"), db_url, **(FAST_QUEUE | over))
 
 
 class WorkerProcess:
@@ -109,7 +115,7 @@ def test_a_sigkilled_worker_is_rescued_after_its_lease_with_one_version(
     factory = client.app.state.sessionmaker
     job_id = add_job(factory, creds.id, ds, head="rescued", params=SLOW)
     victim = spawn(train_epoch_delay_s=0.1)
-    wait_for(lambda: job_row(factory, job_id).progress > 0.3, timeout=60)
+    wait_for(lambda: job_row(factory, job_id).progress > 0.3, timeout=STARTUP_S, every=0.25)
     victim.signal(signal.SIGKILL)
     victim.wait(10)
     assert job_row(factory, job_id).status == "running"  # nobody knows yet
@@ -131,7 +137,11 @@ def test_worker_processes_racing_over_jobs_run_each_once_and_exit_0_on_sigterm(
     ids = [add_job(factory, creds.id, ds, head=f"race-{i}") for i in range(8)]
     workers = [spawn(concurrency=2), spawn(concurrency=2)]
     try:
-        wait_for(lambda: all(job_row(factory, i).status == "succeeded" for i in ids), timeout=90)
+        wait_for(
+            lambda: all(job_row(factory, i).status == "succeeded" for i in ids),
+            timeout=STARTUP_S,
+            every=0.25,
+        )
     except AssertionError:
         states = [(job_row(factory, i).status, job_row(factory, i).error) for i in ids]
         for w in workers:
@@ -153,29 +163,12 @@ def test_sigterm_lets_a_short_job_finish_then_exits_0(client, owner, spawn) -> N
     factory = client.app.state.sessionmaker
     job_id = add_job(factory, creds.id, ds, head="drained", params=SLOW | {"epochs": 20})
     worker = spawn(train_epoch_delay_s=0.05, worker_grace_s=60)
-    wait_for(lambda: job_row(factory, job_id).progress > 0.2, timeout=60)
+    wait_for(lambda: job_row(factory, job_id).progress > 0.2, timeout=STARTUP_S, every=0.25)
     worker.signal(signal.SIGTERM)
     assert worker.wait(60) == 0, worker.log()
     job = job_row(factory, job_id)
     assert job.status == "succeeded" and job.attempt == 1
     assert versions_of_job(factory, job_id) == 1
-
-
-def test_sigterm_hands_back_a_long_job_after_the_grace_period(client, owner, spawn) -> None:
-    creds, ds = owner
-    factory = client.app.state.sessionmaker
-    job_id = add_job(factory, creds.id, ds, head="handed", params=SLOW | {"epochs": 100_000})
-    worker = spawn(train_epoch_delay_s=0.05, worker_grace_s=0.5)
-    wait_for(lambda: job_row(factory, job_id).progress > 0.2, timeout=60)
-    started = time.monotonic()
-    worker.signal(signal.SIGTERM)
-    assert worker.wait(30) == 0, worker.log()
-    assert time.monotonic() - started < 15
-    job = job_row(factory, job_id)
-    assert job.status == "queued" and job.attempt == 1 and job.max_attempts == 4
-    assert versions_of_job(factory, job_id) == 0
-    with client:  # leave nothing claimable behind for other tests
-        client.post(f"/v1/jobs/{job_id}/cancel", headers=creds.owner_headers)
 
 
 def test_upload_train_and_predict_through_the_api_with_a_real_extractor(
