@@ -42,11 +42,15 @@ def topk(scores: torch.Tensor, y: np.ndarray, k: int) -> float:
 
 def head_row(head_type: str, task: Task, train: tuple, test: tuple, seed: int) -> dict:  # type: ignore[type-arg]
     (f_tr, b_tr), (f_te, b_te) = train, test
-    trained = train_head(head_type, f_tr, b_tr, task.y_train, task.labels, seed=seed,
-                         validation_fraction=0.2)
+    trained = train_head(
+        head_type, f_tr, b_tr, task.y_train, task.labels, seed=seed, validation_fraction=0.2
+    )
     s = score(head_type, trained.weights, f_te, b_te, f_tr.shape[1])
-    return {"top1": topk(s, task.y_test, 1), "top5": topk(s, task.y_test, 5),
-            "train_seconds": trained.metrics["train_seconds"]}
+    return {
+        "top1": topk(s, task.y_test, 1),
+        "top5": topk(s, task.y_test, 5),
+        "train_seconds": trained.metrics["train_seconds"],
+    }
 
 
 def run_task(task: Task, args: argparse.Namespace, log) -> dict[str, dict]:  # type: ignore[no-untyped-def,type-arg]
@@ -54,8 +58,10 @@ def run_task(task: Task, args: argparse.Namespace, log) -> dict[str, dict]:  # t
     results: dict[str, dict] = {}  # type: ignore[type-arg]
     loaded = load_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
-    binary = (extract(loaded.model.forward_features, task.x_train, loaded.pretrained_cfg),
-              extract(loaded.model.forward_features, task.x_test, loaded.pretrained_cfg))
+    binary = (
+        extract(loaded.model.forward_features, task.x_train, loaded.pretrained_cfg),
+        extract(loaded.model.forward_features, task.x_test, loaded.pretrained_cfg),
+    )
     log(f"  binary features in {time.perf_counter() - t0:.1f}s")
     for key, head_type in (("a_binary", "binary"), ("b_float", "float"), ("mlp", "mlp")):
         results[key] = head_row(head_type, task, *binary, seed=args.seed)
@@ -63,8 +69,10 @@ def run_task(task: Task, args: argparse.Namespace, log) -> dict[str, dict]:  # t
 
     torch.manual_seed(args.seed)
     rand = create_model(DEFAULT_ARCH).eval()
-    rnd = (extract(rand.forward_features, task.x_train, rand.pretrained_cfg),
-           extract(rand.forward_features, task.x_test, rand.pretrained_cfg))
+    rnd = (
+        extract(rand.forward_features, task.x_train, rand.pretrained_cfg),
+        extract(rand.forward_features, task.x_test, rand.pretrained_cfg),
+    )
     results["random_float"] = head_row("float", task, *rnd, seed=args.seed)
     log(f"  random_float: {results['random_float']}")
 
@@ -72,39 +80,57 @@ def run_task(task: Task, args: argparse.Namespace, log) -> dict[str, dict]:  # t
 
     teacher = load_teacher()
     t0 = time.perf_counter()
-    tf = (extract(teacher.forward_features, task.x_train, TEACHER_CFG),
-          extract(teacher.forward_features, task.x_test, TEACHER_CFG))
+    tf = (
+        extract(teacher.forward_features, task.x_train, TEACHER_CFG),
+        extract(teacher.forward_features, task.x_test, TEACHER_CFG),
+    )
     log(f"  teacher features in {time.perf_counter() - t0:.1f}s")
     results["teacher_float"] = head_row("float", task, *tf, seed=args.seed)
     log(f"  teacher_float: {results['teacher_float']}")
 
     if args.scratch_epochs > 0:
         t0 = time.perf_counter()
-        net = train_from_scratch(task.x_train, task.y_train, len(task.labels),
-                                 epochs=args.scratch_epochs, seed=args.seed, log=log)
+        net = train_from_scratch(
+            task.x_train,
+            task.y_train,
+            len(task.labels),
+            epochs=args.scratch_epochs,
+            seed=args.seed,
+            log=log,
+        )
         s = predict_scores(net, task.x_test)
-        results["scratch"] = {"top1": topk(s, task.y_test, 1), "top5": topk(s, task.y_test, 5),
-                              "train_seconds": round(time.perf_counter() - t0, 1)}
+        results["scratch"] = {
+            "top1": topk(s, task.y_test, 1),
+            "top5": topk(s, task.y_test, 5),
+            "train_seconds": round(time.perf_counter() - t0, 1),
+        }
         log(f"  scratch: {results['scratch']}")
     return results
 
 
-def render(all_results: dict[str, dict], tasks: list[Task], args: argparse.Namespace,  # type: ignore[type-arg]
-           provenance: dict, extractor_id: str) -> str:  # type: ignore[type-arg]
+def render(
+    all_results: dict[str, dict],
+    tasks: list[Task],
+    args: argparse.Namespace,  # type: ignore[type-arg]
+    provenance: dict,
+    extractor_id: str,
+) -> str:  # type: ignore[type-arg]
     cell = lambda r: f"{100 * r['top1']:.1f}% / {100 * r['top5']:.1f}%" if r else "not run"  # noqa: E731
+    kind = provenance.get("kind", provenance.get("teacher", "see metadata"))
     lines = [
         "# Transfer: the paper's Table 2 on data available here",
         "",
         f"Made by `{' '.join(['python -m bench.transfer', *sys.argv[1:]])}` on "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} ({torch.get_num_threads()} threads).",
-        f"Binary extractor `{extractor_id[:16]}…` ({provenance.get('kind', provenance.get('teacher', 'see metadata'))}).",
+        f"Binary extractor `{extractor_id[:16]}…` ({kind}).",
         "",
         "| top-1 / top-5 | " + " | ".join(t.describe() for t in tasks) + " |",
         "|---|" + "---|" * len(tasks),
     ]
     for key, title in ROWS:
-        lines.append(f"| {title} | " + " | ".join(cell(all_results[t.name].get(key)) for t in tasks)
-                     + " |")
+        lines.append(
+            f"| {title} | " + " | ".join(cell(all_results[t.name].get(key)) for t in tasks) + " |"
+        )
     lines.append("")
     for t in tasks:
         r = all_results[t.name]
@@ -127,15 +153,19 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     log = lambda m: print(m, flush=True)  # noqa: E731
-    builders = {"clipart": clipart_task,
-                "fashion_mnist": lambda: fashion_mnist_task(args.fmnist_per_class, args.test_limit,
-                                                            args.seed)}
+    builders = {
+        "clipart": clipart_task,
+        "fashion_mnist": lambda: fashion_mnist_task(
+            args.fmnist_per_class, args.test_limit, args.seed
+        ),
+    }
     tasks = [builders[name]() for name in args.tasks.split(",")]
     all_results = {t.name: run_task(t, args, log) for t in tasks}
     loaded = load_checkpoint(args.checkpoint)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(all_results, tasks, args, loaded.metadata.get("provenance", {}),
-                               loaded.id))
+    args.out.write_text(
+        render(all_results, tasks, args, loaded.metadata.get("provenance", {}), loaded.id)
+    )
     log(f"wrote {args.out}")
 
 

@@ -87,9 +87,7 @@ def _load_clipart(path: Path) -> np.ndarray | None:
 
 def clipart_task() -> Task:
     files = sorted(
-        (p, i)
-        for i, cls in enumerate(CLIPART_CLASSES)
-        for p in (CLIPART_ROOT / cls).rglob("*.png")
+        (p, i) for i, cls in enumerate(CLIPART_CLASSES) for p in (CLIPART_ROOT / cls).rglob("*.png")
     )
     key = hashlib.sha256("\n".join(str(p) for p, _ in files).encode()).hexdigest()[:12]
     cache = CACHE / f"clipart-{key}.npz"
@@ -134,5 +132,6 @@ def fashion_mnist_task(per_class: int = 100, test_limit: int | None = None, seed
         keep = np.sort(rng.choice(len(yte), test_limit, replace=False))
         xte, yte = xte[keep], yte[keep]
     to_rgb = lambda x: np.repeat(x[..., None], 3, axis=-1)  # noqa: E731  (gray -> RGB)
-    return Task("fashion_mnist", FASHION_LABELS, to_rgb(xtr_all[idx]), ytr_all[idx],
-                to_rgb(xte), yte)
+    return Task(
+        "fashion_mnist", FASHION_LABELS, to_rgb(xtr_all[idx]), ytr_all[idx], to_rgb(xte), yte
+    )
