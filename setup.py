@@ -31,7 +31,9 @@ LINK_ARGS = ["-fopenmp"]
 
 
 def _warn(msg: str) -> None:
-    print(f"WARNING: headhub: {msg}; the pure-PyTorch kernel fallback will be used", file=sys.stderr)
+    print(
+        f"WARNING: headhub: {msg}; the pure-PyTorch kernel fallback will be used", file=sys.stderr
+    )
 
 
 class OptionalBuildExt(build_ext):

@@ -210,7 +210,8 @@ def run(args: argparse.Namespace) -> str:
         f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})",
         f"- kernels: backend `{ops.backend()}`, instruction set `{ops.instruction_set()}`, "
         f"supported {ops.supported_instruction_sets()}",
-        f"- checkpoint: `{loaded.arch}` {loaded.id[:12]}, input {size}x{size}; teacher: {teacher_note}",
+        f"- checkpoint: `{loaded.arch}` {loaded.id[:12]}, input {size}x{size}",
+        f"- teacher: {teacher_note}",
         f"- load average at start (1/5/15 min): {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} "
         "(the machine is shared; paths are timed round-robin so load hits them alike)",
         "",
@@ -223,7 +224,10 @@ def run(args: argparse.Namespace) -> str:
             "| instruction set | Kw=9 (C=64) | Kw=18 | Kw=36 | Kw=72 (C=512) |",
             "|---|---|---|---|---|",
         ]
-        lines += [f"| {isa} | " + " | ".join(f"{v:.0f}" for v in d.values()) + " |" for isa, d in ceil.items()]
+        lines += [
+            f"| {isa} | " + " | ".join(f"{v:.0f}" for v in d.values()) + " |"
+            for isa, d in ceil.items()
+        ]
         lines.append("")
     active = ceil.get(ops.instruction_set(), {})
     peak = max(active.values()) if active else float("nan")
@@ -294,7 +298,7 @@ def breakdown_table(
             lines.append(f"| {k[3:]} | {v:.3f} | {100 * v / f_total:.0f}% |")
     lines += [
         "",
-        f"Binary convs, achieved binary multiply-adds per ns (kernel call incl. im2col and epilogue) "
+        "Binary convs, achieved binary multiply-adds per ns (kernel call incl. im2col, epilogue) "
         f"against the one-thread ceiling {peak:.0f}/ns x {threads} threads:",
         "",
         "| conv | MMACs | ms | MACs/ns | of ceiling |",
@@ -304,7 +308,8 @@ def breakdown_table(
         t = f_ms[f"mac:{key}"]
         rate = n / (t * 1e6)
         lines.append(
-            f"| {key} | {n / 1e6:.1f} | {t:.3f} | {rate:.0f} | {100 * rate / (peak * threads):.0f}% |"
+            f"| {key} | {n / 1e6:.1f} | {t:.3f} | {rate:.0f} | "
+            f"{100 * rate / (peak * threads):.0f}% |"
         )
     lines.append("")
     n_layers = sum(isinstance(m, FastBinaryLayer) for m in fast.modules())

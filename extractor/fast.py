@@ -1,4 +1,4 @@
-"""The fast inference network: the loaded reference network with its binary layers on popcount kernels.
+"""The fast inference network: the loaded reference network, binary layers on popcount kernels.
 
 `build_fast_model(loaded)` copies the folded reference network (`checkpoint.load_checkpoint`) and
 swaps every `FoldedBinaryLayer` that takes sign inputs for a `FastBinaryLayer` (pack sign(x + b)
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from extractor.kernels import ops
 from extractor.layers import FoldedBinaryLayer, affine
 
-__all__ = ["FastBinaryLayer", "FastBiRealBlock", "FastExtractor", "build_fast_model"]
+__all__ = ["FastBiRealBlock", "FastBinaryLayer", "FastExtractor", "build_fast_model"]
 
 
 class Workspace(threading.local):
@@ -38,10 +38,17 @@ class Workspace(threading.local):
     def __init__(self) -> None:
         self.buffers: dict[tuple[int, str], Tensor] = {}
 
-    def take(self, owner: nn.Module, role: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    def take(
+        self, owner: nn.Module, role: str, shape: tuple[int, ...], dtype: torch.dtype
+    ) -> Tensor:
         key = (id(owner), role)
         buf = self.buffers.get(key)
-        if buf is None or buf.dtype != dtype or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+        if (
+            buf is None
+            or buf.dtype != dtype
+            or buf.shape[1:] != shape[1:]
+            or buf.shape[0] < shape[0]
+        ):
             buf = torch.empty(shape, dtype=dtype)
             self.buffers[key] = buf
         return buf[: shape[0]]

@@ -35,9 +35,9 @@ __all__ = [
     "pack_rows",
     "pooled_size",
     "set_instruction_set",
+    "supported_instruction_sets",
     "to_channels_last",
     "to_contiguous",
-    "supported_instruction_sets",
     "unpack_words",
     "words_for",
 ]
@@ -81,7 +81,7 @@ def supported_instruction_sets() -> list[str]:
 
 
 def set_instruction_set(name: str) -> None:
-    """Force a kernel variant (tests and benchmarks compare them); raises KernelError if unsupported."""
+    """Force a kernel variant (tests, benchmarks); raises KernelError if the CPU lacks it."""
     if _native is None:
         raise KernelError("the compiled kernels are not available")
     try:
@@ -211,7 +211,7 @@ def pack_rows(x: Tensor, threshold: Tensor | None = None) -> Tensor:
 
 
 def pack_conv_weight(w: Tensor) -> Tensor:
-    """(O, I, kh, kw) ±1 weight -> (O, kh * kw * ceil(I/64)) int64: tap-major, then channel words."""
+    """(O, I, kh, kw) ±1 weight -> (O, kh*kw*ceil(I/64)) int64: tap-major, then channel words."""
     _check(w.dim() == 4, "conv weight must be (O, I, kh, kw)")
     o = w.shape[0]
     # (O, I, kh, kw) read as N=O, C=I, H=kh, W=kw: exactly the NHWC packing of each filter.
@@ -262,7 +262,9 @@ def _prepared(w: Tensor | PreparedWeight) -> PreparedWeight:
 # ---- epilogue (fallback) ---------------------------------------------------------------------
 
 
-def _epilogue(y: Tensor, scale: Tensor | None, bias: Tensor | None, residual: Tensor | None) -> Tensor:
+def _epilogue(
+    y: Tensor, scale: Tensor | None, bias: Tensor | None, residual: Tensor | None
+) -> Tensor:
     """The reference order, channel dim last: y * scale, + bias, residual + y."""
     if scale is not None:
         y = y * scale

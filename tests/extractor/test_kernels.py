@@ -83,7 +83,9 @@ conv_cases = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=conv_cases)
 def test_binary_conv_equals_float_conv_of_signs(variant: str, case: dict) -> None:
     g = torch.Generator().manual_seed(case["seed"])
@@ -110,14 +112,18 @@ def test_binary_conv_equals_float_conv_of_signs(variant: str, case: dict) -> Non
     assert torch.equal(got, want)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     m=st.integers(1, 9),
     k=st.sampled_from([1, 20, 64, 100, 512, 4096]),
     o=st.integers(1, 40),
     seed=st.integers(0, 2**16),
 )
-def test_binary_linear_is_k_minus_twice_popcount(variant: str, m: int, k: int, o: int, seed: int) -> None:
+def test_binary_linear_is_k_minus_twice_popcount(
+    variant: str, m: int, k: int, o: int, seed: int
+) -> None:
     g = torch.Generator().manual_seed(seed)
     x, wt = torch.randn(m, k, generator=g), sign(torch.randn(o, k, generator=g))
     scale, bias = torch.rand(o, generator=g), torch.randn(o, generator=g)
@@ -199,7 +205,11 @@ def _reference_bits(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tens
     seen: list[torch.Tensor] = []
 
     def hook(m: FoldedBinaryLayer, inp: tuple[torch.Tensor], _out: torch.Tensor) -> None:
-        v = inp[0] if m.threshold is None else inp[0] + m.threshold.view(1, -1, *[1] * (inp[0].dim() - 2))
+        v = (
+            inp[0]
+            if m.threshold is None
+            else inp[0] + m.threshold.view(1, -1, *[1] * (inp[0].dim() - 2))
+        )
         seen.append(v >= 0)
 
     layers = [m for m in model.modules() if isinstance(m, FoldedBinaryLayer) and m.binary_input]
@@ -232,7 +242,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
-def test_tiny_checkpoint_same_bits_and_features(variant: str, tiny: torch.nn.Module, batch: int) -> None:
+def test_tiny_checkpoint_same_bits_and_features(
+    variant: str, tiny: torch.nn.Module, batch: int
+) -> None:
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
     _assert_equivalent(tiny, x)
 
@@ -247,13 +259,21 @@ def _folded(arch: str, **config: object) -> torch.nn.Module:
         unit.bn.running_mean.normal_()
         unit.bn.running_var.uniform_(0.5, 2.0)
         parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, FoldedBinaryLayer.from_unit(unit))
+        setattr(
+            model.get_submodule(parent) if parent else model,
+            leaf,
+            FoldedBinaryLayer.from_unit(unit),
+        )
     return model.requires_grad_(False)
 
 
 def test_binary_alexnet_pool_between_conv_and_bn_and_fc_layers_match() -> None:
     model = _folded(
-        "binary_alexnet", input_size=67, conv_widths=(8, 16, 24, 24, 16), fc_width=72, num_classes=10
+        "binary_alexnet",
+        input_size=67,
+        conv_widths=(8, 16, 24, 24, 16),
+        fc_width=72,
+        num_classes=10,
     )
     _assert_equivalent(model, torch.randn(2, 3, 67, 67, generator=torch.Generator().manual_seed(1)))
 
@@ -276,8 +296,12 @@ def test_default_checkpoint_random_images_same_bits_and_features(
 
 
 @pytest.mark.skipif(not NATIVE, reason="compiled kernels not built")
-def test_default_checkpoint_real_photos_same_bits_and_features(default_model: torch.nn.Module) -> None:
-    data = pytest.importorskip("skimage.data", reason="scikit-image (extra 'distill') has the photos")
+def test_default_checkpoint_real_photos_same_bits_and_features(
+    default_model: torch.nn.Module,
+) -> None:
+    data = pytest.importorskip(
+        "skimage.data", reason="scikit-image (extra 'distill') has the photos"
+    )
     from PIL import Image
 
     from extractor.imaging import preprocess
@@ -296,5 +320,7 @@ def test_stem_runs_channels_last_only_for_shapes_where_it_reproduces_nchw(
         x = torch.randn(b, 3, 32, 32)
         with torch.inference_mode():
             fast.forward_features(x)
-            same = torch.equal(stem.conv(x.contiguous(memory_format=torch.channels_last)), stem.conv(x))
+            same = torch.equal(
+                stem.conv(x.contiguous(memory_format=torch.channels_last)), stem.conv(x)
+            )
         assert stem.channels_last_ok[tuple(x.shape)] is same
