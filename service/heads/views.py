@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from service.errors import Unprocessable
+from service.errors import BadRequest
 from service.heads import repository as repo
 from service.heads.models import Head, HeadVersion
 from service.heads.schemas import HeadList, HeadOut, HeadSummary, HeadVersionOut
@@ -80,7 +80,5 @@ def parse_cursor(cursor: str | None) -> tuple[str, str] | None:
         return None
     owner, sep, name = cursor.partition("/")
     if not sep or not owner or not name:
-        raise Unprocessable(
-            "cursor must be a value returned as next_cursor.", code="invalid_cursor"
-        )
+        raise BadRequest("cursor must be a value returned as next_cursor.", code="invalid_cursor")
     return owner, name
