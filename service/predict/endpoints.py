@@ -10,15 +10,15 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import BlobsDep, ExtractorDep, PredictDep, SessionDep, SettingsDep
-from service.errors import BadGateway, HeadhubError, PayloadTooLarge, ServiceUnavailable
+from service.errors import BadGateway, PayloadTooLarge
 from service.heads.deps import HeadCacheDep
 from service.observability import current_request_id
 from service.predict import service
+from service.predict.extractor_errors import extractor_errors
 from service.predict.schemas import FeaturesRequest, PredictResponse
 
 router = APIRouter(prefix="/v1/predict", tags=["prediction"])
 
-EXTRACTOR_RETRY_AFTER_S = 5
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     404: {"description": "A named head, version or alias does not exist or is not visible."},
     403: {"description": "A named head is suspended."},
@@ -27,44 +27,10 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class ImageRejected(HeadhubError):
-    """The extractor refused one image; carries the extractor's own 4xx status."""
-
-    def __init__(self, status: int, detail: str, code: str) -> None:
-        super().__init__(detail, code=code)
-        self.status = status  # type: ignore[misc]
-        self.title = {413: "Payload too large", 415: "Unsupported media type"}.get(  # type: ignore[misc]
-            status, "Unprocessable content"
-        )
-
-
 async def _features(extractor: Any, files: list[tuple[str, bytes]], request_id: str) -> Any:
     """Call the extractor and map its failures: down -> 503, garbage -> 502, bad image -> 4xx."""
-    from extractor.client import ExtractorBadResponse, ExtractorRejectedImage, ExtractorUnavailable
-
-    if extractor is None:
-        raise ServiceUnavailable(
-            "No extractor is configured.", code="extractor_unavailable", retry_after=30
-        )
-    try:
+    with extractor_errors(extractor):
         return await extractor.features(files, request_id=request_id)
-    except ExtractorRejectedImage as exc:
-        raise ImageRejected(
-            int(exc.status),
-            f"{exc.filename}: {exc.reason}",
-            str(getattr(exc, "code", None) or "image_rejected"),
-        ) from exc
-    except ExtractorUnavailable as exc:
-        retry = int(getattr(exc, "retry_after", None) or EXTRACTOR_RETRY_AFTER_S)
-        raise ServiceUnavailable(
-            "The feature extractor is not answering; retry shortly.",
-            code="extractor_unavailable",
-            retry_after=retry,
-        ) from exc
-    except ExtractorBadResponse as exc:
-        raise BadGateway(
-            f"The feature extractor sent an invalid answer: {exc}", code="extractor_bad_response"
-        ) from exc
 
 
 def _check_batch(batch: Any, n: int) -> None:

@@ -12,18 +12,18 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from service.deps import ExtractorDep, PredictDep
-from service.errors import BadGateway, ServiceUnavailable
+from service.predict.extractor_errors import extractor_errors
 
 router = APIRouter(tags=["prediction"])
 
 EXAMPLE: dict[str, Any] = {
     "id": "9f2c0d1e" + "0" * 56,
-    "architecture": "birealnet18",
-    "input_size": [3, 224, 224],
+    "architecture": "birealnet_112",
+    "input_size": [3, 112, 112],
     "feature_dim": 512,
-    "parameters": 11_690_000,
-    "size_bytes": 1_640_000,
-    "bits_per_weight": 1.12,
+    "parameters": 6_451_136,
+    "size_bytes": 1_544_280,
+    "bits_per_weight": 1.915,
 }
 
 
@@ -42,23 +42,6 @@ class ExtractorInfo(BaseModel):
 @router.get("/v1/extractor", response_model=ExtractorInfo)
 async def extractor_info(_: PredictDep, extractor: ExtractorDep) -> ExtractorInfo:
     """The extractor's id, architecture, input size, feature width and size on disk."""
-    from extractor.client import ExtractorBadResponse, ExtractorUnavailable
-
-    if extractor is None:
-        raise ServiceUnavailable(
-            "No extractor is configured.", code="extractor_unavailable", retry_after=30
-        )
-    try:
+    with extractor_errors(extractor):
         info = await extractor.info()
-    except ExtractorUnavailable as exc:
-        retry = int(getattr(exc, "retry_after", None) or 5)
-        raise ServiceUnavailable(
-            "The feature extractor is not answering; retry shortly.",
-            code="extractor_unavailable",
-            retry_after=retry,
-        ) from exc
-    except ExtractorBadResponse as exc:
-        raise BadGateway(
-            f"The feature extractor sent an invalid answer: {exc}", code="extractor_bad_response"
-        ) from exc
     return ExtractorInfo.model_validate(info)
