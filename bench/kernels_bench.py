@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench.extractor_bench import cpu_name
 from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from extractor.fast import FastBinaryLayer, FastExtractor, build_fast_model
 from extractor.kernels import ops
@@ -39,16 +39,6 @@ Forward = Callable[[Tensor], Tensor]
 # Per-layer clock: with one thread all work is on the calling thread, and its CPU time is immune
 # to other processes' load; with more threads only wall time covers the workers.
 _clock = time.perf_counter
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _teacher() -> tuple[nn.Module | None, str]:
@@ -206,7 +196,7 @@ def run(args: argparse.Namespace) -> str:
         "",
         f"- command: `.venv/bin/python -m bench.kernels_bench {' '.join(args.argv)}`".rstrip(),
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- CPU: {_cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {args.threads}, "
+        f"- CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {args.threads}, "
         f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})",
         f"- kernels: backend `{ops.backend()}`, instruction set `{ops.instruction_set()}`, "
         f"supported {ops.supported_instruction_sets()}",
