@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 from extractor.layers import BinaryUnitBN, FoldedBinaryLayer, is_fully_binary
 from extractor.models import create_model
@@ -183,6 +184,21 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module | Tensor) -> No
     setattr(root.get_submodule(parent_name) if parent_name else root, leaf, module)
 
 
+def _fold_real_batch_norms(model: nn.Module) -> None:
+    """Fold every eval-mode BatchNorm2d that directly follows a real Conv2d into the conv.
+
+    One op instead of two in the inference network, for the float reference and the fast path
+    alike (both run these real convs through the same torch op, so they stay bit-identical to each
+    other). The folded network equals the trained one up to float rounding.
+    """
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(conv, bn)
+                seq[i + 1] = nn.Identity()
+
+
 def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT) -> LoadedExtractor:
     """Rebuild the folded inference network (eval, no grad) and its id from a checkpoint file."""
     path = Path(path)
@@ -226,6 +242,7 @@ def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT) -> LoadedExtractor:
         raise CheckpointError(f"checkpoint {path} lacks tensors: {missing[:5]}")
     model.pretrained_cfg = meta["pretrained_cfg"]
     model.eval().requires_grad_(False)
+    _fold_real_batch_norms(model)
     return LoadedExtractor(
         model=model,
         id=hashlib.sha256(data).hexdigest(),

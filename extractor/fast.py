@@ -120,17 +120,17 @@ class FastBinaryLayer(nn.Module):
 
 
 class FastBiRealBlock(nn.Module):
-    """x + unit(x) as one kernel call: the residual add runs in the conv epilogue."""
+    """x + unit(x) as one kernel call: the residual add runs in the conv epilogue.
+
+    x may be in any memory format: packing and the epilogue read it with strides, so the NCHW
+    output of a real downsample conv is never copied; the result is channels-last.
+    """
 
     def __init__(self, unit: FastBinaryLayer) -> None:
         super().__init__()
         self.unit = unit
 
     def forward(self, x: Tensor) -> Tensor:
-        if not x.is_contiguous(memory_format=torch.channels_last):  # packed and added by row
-            n, c, h, w = x.shape
-            buf = self.unit.workspace.take(self, "nhwc", (n, h, w, c), torch.float32)
-            x = ops.to_channels_last(x, out=buf)
         return self.unit(x, residual=x)
 
 

@@ -36,7 +36,6 @@ __all__ = [
     "pooled_size",
     "set_instruction_set",
     "supported_instruction_sets",
-    "to_channels_last",
     "to_contiguous",
     "unpack_words",
     "words_for",
@@ -116,19 +115,6 @@ def _out(out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> Tens
         f"out must be a contiguous {dtype} tensor of shape {shape}",
     )
     return out
-
-
-def to_channels_last(x: Tensor, out: Tensor | None = None) -> Tensor:
-    """(N, C, H, W) in channels-last memory (a copy only if it is not already).
-
-    `out`, when given, is an (N, H, W, C) contiguous buffer to copy into (no fresh pages).
-    """
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    n, c, h, w = x.shape
-    out = _out(out, (n, h, w, c), x.dtype)
-    out.copy_(x.permute(0, 2, 3, 1))
-    return out.permute(0, 3, 1, 2)
 
 
 def to_contiguous(x: Tensor, out: Tensor | None = None) -> Tensor:
@@ -241,6 +227,7 @@ class PreparedWeight:
         _check(words.dim() == 2 and words.dtype == torch.int64, "weight words: (O, Kw) int64")
         self.words = words.contiguous()
         self._cache: tuple[str, Any] | None = None
+        self._tap_pc: dict[int, Any] = {}
 
     @property
     def out_features(self) -> int:
@@ -253,6 +240,13 @@ class PreparedWeight:
         if self._cache is None or self._cache[0] != isa:
             self._cache = (isa, _native.prepare_weights(self.words.numpy()))
         return self._cache[1]
+
+    def tap_popcounts(self, taps: int) -> Any:
+        """Popcount of each of the `taps` kernel taps per output (the conv's padding correction)."""
+        assert _native is not None
+        if taps not in self._tap_pc:
+            self._tap_pc[taps] = _native.tap_popcounts(self.words.numpy(), taps)
+        return self._tap_pc[taps]
 
 
 def _prepared(w: Tensor | PreparedWeight) -> PreparedWeight:
@@ -317,7 +311,7 @@ def binary_conv2d(
     res = None
     if residual is not None:
         _check(residual.shape == (n, o, ho, wo), "residual must be (N, O, Ho, Wo)")
-        res = residual.float().permute(0, 2, 3, 1).contiguous()  # no copy if channels-last
+        res = residual.float().permute(0, 2, 3, 1)  # a view: the kernel reads any strides
     if _native is None:
         xs = unpack_words(a, channels).permute(0, 3, 1, 2)
         ws = unpack_words(w.reshape(o, kh, kw, cw), channels).permute(0, 3, 1, 2)
@@ -328,6 +322,7 @@ def binary_conv2d(
         a.contiguous().numpy(),
         w.numpy(),
         pw.native(),
+        pw.tap_popcounts(kh * kw),
         channels,
         kh,
         kw,

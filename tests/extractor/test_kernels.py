@@ -76,7 +76,7 @@ conv_cases = st.fixed_dictionaries(
         "stride": st.sampled_from([1, 2]),
         "pad": st.integers(0, 2),
         "affine": st.booleans(),
-        "residual": st.booleans(),
+        "residual": st.sampled_from([None, "nchw", "channels_last"]),  # the kernel reads both
         "channels_last": st.booleans(),
         "seed": st.integers(0, 2**16),
     }
@@ -103,6 +103,8 @@ def test_binary_conv_equals_float_conv_of_signs(variant: str, case: dict) -> Non
     bias = torch.randn(o, generator=g) if case["affine"] else None
     ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
     res = torch.randn(n, o, ho, wo, generator=g) if case["residual"] else None
+    if case["residual"] == "channels_last":
+        res = res.contiguous(memory_format=torch.channels_last)  # type: ignore[union-attr]
 
     got = ops.binary_conv2d(
         ops.pack_nchw(x, t), ops.pack_conv_weight(wt), c, (k, k), stride, pad, scale, bias, res

@@ -6,7 +6,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512vpopcntdq,popcnt")
+#pragma GCC target("avx512f,avx512vl,avx512vpopcntdq,popcnt")
 namespace headhub::isa_avx512 {
 namespace {
 
@@ -25,32 +25,35 @@ inline void block(const uint64_t* A, int64_t lda, const uint64_t* Bg, int64_t Kw
         acc[i][g] = _mm512_add_epi64(acc[i][g], _mm512_popcnt_epi64(_mm512_xor_si512(a, w[g])));
     }
   }
-  alignas(64) uint64_t lanes[kGroup];
-  for (int i = 0; i < MR; ++i)
-    for (int g = 0; g < NG; ++g) {
-      _mm512_store_si512(lanes, acc[i][g]);
-      for (int j = 0; j < kGroup; ++j) C[i * ldc + g * kGroup + j] = static_cast<int32_t>(lanes[j]);
-    }
+  for (int i = 0; i < MR; ++i)  // 8 counts (< 2^31) per vector -> 8 int32 with one vpmovqd
+    for (int g = 0; g < NG; ++g)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(C + i * ldc + g * kGroup),
+                          _mm512_cvtepi64_epi32(acc[i][g]));
 }
 
-}  // namespace
-
-HEADHUB_GEMM_DECL {
-  (void)scratch;
-  constexpr int MR = 4, NG = 2;
-  int64_t g = 0;
+// Rows in blocks of MR, output groups in blocks of NG (then NG = 1 for the remainder).
+template <int MR, int NG>
+inline int64_t groups(const uint64_t* A, int64_t R, int64_t lda, const uint64_t* Bi, int64_t g,
+                      int64_t G, int64_t Kw, int32_t* C, int64_t ldc) {
   for (; g + NG <= G; g += NG) {
     const uint64_t* Bg = Bi + g * Kw * kGroup;
     int64_t r = 0;
     for (; r + MR <= R; r += MR) block<MR, NG>(A + r * lda, lda, Bg, Kw, C + r * ldc + g * kGroup, ldc);
     for (; r < R; ++r) block<1, NG>(A + r * lda, lda, Bg, Kw, C + r * ldc + g * kGroup, ldc);
   }
-  for (; g < G; ++g) {
-    const uint64_t* Bg = Bi + g * Kw * kGroup;
-    int64_t r = 0;
-    for (; r + MR <= R; r += MR) block<MR, 1>(A + r * lda, lda, Bg, Kw, C + r * ldc + g * kGroup, ldc);
-    for (; r < R; ++r) block<1, 1>(A + r * lda, lda, Bg, Kw, C + r * ldc + g * kGroup, ldc);
-  }
+  return g;
+}
+
+}  // namespace
+
+HEADHUB_GEMM_DECL {
+  (void)scratch;
+  // 4 rows x 32 outputs: 16 accumulators + 4 weight vectors of the 32 zmm registers. Wide blocks
+  // matter for short rows (Kw = 9 words for a 3x3 conv on 64 channels), where the per-block
+  // set-up and stores are a large share of the work.
+  int64_t g = groups<4, 4>(A, R, lda, Bi, 0, G, Kw, C, ldc);
+  g = groups<4, 2>(A, R, lda, Bi, g, G, Kw, C, ldc);
+  groups<4, 1>(A, R, lda, Bi, g, G, Kw, C, ldc);
 }
 
 }  // namespace headhub::isa_avx512

@@ -102,9 +102,13 @@ const uint64_t* prepared_of(py::array& w, int64_t O, int64_t Kw) {
 struct Epilogue {
   const float* scale;     // (O) or null
   const float* bias;      // (O) or null
-  const float* residual;  // (M, O) or null
+  const float* residual;  // (M, O) rows, or a strided (N, Ho, Wo, O) view, or null
   float* out;             // (M, O)
   int64_t O;
+  // Element strides of the residual as (N, Ho, Wo, O); rs[3] == 1 reads each row contiguously.
+  // A conv given an NCHW residual (the output of a real downsample conv) gathers each row,
+  // instead of the caller copying the whole tensor to channels-last first.
+  int64_t rs[4] = {0, 0, 0, 1};
 };
 
 // One output row segment: y = float(kvalid - 2 * cnt); y = y * scale; y = y + bias; y = res + y.
@@ -122,11 +126,19 @@ void finish_row_t(const int32_t* cnt, int32_t kvalid, const float* scale, const 
   }
 }
 
-void finish_row(const Epilogue& e, int64_t m, int64_t o0, const int32_t* cnt, int32_t kvalid,
-                int64_t n) {
+// `roff`: element offset of output row m's pixel in the residual (its (n, y, x) under rs).
+void finish_row(const Epilogue& e, int64_t m, int64_t roff, int64_t o0, const int32_t* cnt,
+                int32_t kvalid, int64_t n, float* gather) {
   const float* s = e.scale ? e.scale + o0 : nullptr;
   const float* b = e.bias ? e.bias + o0 : nullptr;
-  const float* r = e.residual ? e.residual + m * e.O + o0 : nullptr;
+  const float* r = nullptr;
+  if (e.residual) {
+    r = e.residual + roff + o0 * e.rs[3];
+    if (e.rs[3] != 1) {  // strided channels: gather the row once, then the vector path
+      for (int64_t j = 0; j < n; ++j) gather[j] = r[j * e.rs[3]];
+      r = gather;
+    }
+  }
   float* out = e.out + m * e.O + o0;
   const int key = (s ? 4 : 0) | (b ? 2 : 0) | (r ? 1 : 0);
   switch (key) {
@@ -159,7 +171,11 @@ struct Scratch {
   std::vector<uint64_t> a, split;
   std::vector<uint32_t> mask;
   std::vector<int32_t> cnt;
+  std::vector<float> gather;
+  std::vector<int64_t> roff;
   void ensure(int64_t TR, int64_t Kw, int64_t OC) {
+    if ((int64_t)gather.size() < OC) gather.resize(OC);
+    if ((int64_t)roff.size() < TR) roff.resize(TR);
     if ((int64_t)a.size() < TR * Kw) a.resize(TR * Kw);
     if ((int64_t)split.size() < 2 * TR * Kw) split.resize(2 * TR * Kw);
     if ((int64_t)mask.size() < TR) mask.resize(TR);
@@ -170,17 +186,38 @@ thread_local Scratch t_scratch;
 
 // ---- binary conv ---------------------------------------------------------------------------
 
-void py_conv(py::array a, py::array w, py::array wprep, int64_t C, int64_t kh, int64_t kw,
-             int64_t stride, int64_t pad, py::object scale, py::object bias, py::object residual,
-             py::array out, int threads) {
-  const uint64_t* ap = data_of<uint64_t>(a, "a", 4);
+// Popcount of each weight tap, [tap][output]: a zero (padding) input word contributes
+// popcount(0 ^ w), which the conv epilogue removes so that padded taps add exactly 0, as the
+// reference's zero padding does. Computed once per weight (ops.PreparedWeight), not per call.
+py::array_t<int32_t> py_tap_popcounts(py::array w, int64_t taps) {
   const uint64_t* wp = data_of<uint64_t>(w, "w", 2);
+  const int64_t O = w.shape(0), Kw = w.shape(1);
+  if (taps < 1 || Kw % taps) throw std::invalid_argument("w: Kw must be a multiple of taps");
+  const int64_t Cw = Kw / taps;
+  py::array_t<int32_t> out(taps * O);
+  int32_t* op = out.mutable_data();
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t t = 0; t < taps; ++t) {
+      int32_t s = 0;
+      for (int64_t q = 0; q < Cw; ++q) s += __builtin_popcountll(wp[o * Kw + t * Cw + q]);
+      op[t * O + o] = s;
+    }
+  return out;
+}
+
+void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_t C, int64_t kh,
+             int64_t kw, int64_t stride, int64_t pad, py::object scale, py::object bias,
+             py::object residual, py::array out, int threads) {
+  const uint64_t* ap = data_of<uint64_t>(a, "a", 4);
+  data_of<uint64_t>(w, "w", 2);
   float* op = data_of<float>(out, "out", 4);
   const int64_t N = a.shape(0), H = a.shape(1), W = a.shape(2), Cw = a.shape(3);
   const int64_t O = w.shape(0), T = kh * kw, Kw = T * Cw;
   if (Cw != (C + 63) / 64 || C <= 0) throw std::invalid_argument("a: last dim must be ceil(C/64)");
   if (w.shape(1) != Kw) throw std::invalid_argument("w: expected (O, kh*kw*ceil(C/64))");
   const uint64_t* bp = prepared_of(wprep, O, Kw);
+  const int32_t* wpc = data_of<int32_t>(tap_pc, "tap_pc", 1);
+  if (tap_pc.shape(0) != T * O) throw std::invalid_argument("tap_pc: expected kh*kw*O counts");
   if (stride < 1 || pad < 0 || kh < 1 || kw < 1 || T > 32)
     throw std::invalid_argument("bad kernel geometry");
   const int64_t Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
@@ -188,26 +225,24 @@ void py_conv(py::array a, py::array w, py::array wprep, int64_t C, int64_t kh, i
   if (out.shape(0) != N || out.shape(1) != Ho || out.shape(2) != Wo || out.shape(3) != O)
     throw std::invalid_argument("out: expected (N, Ho, Wo, O)");
   const int64_t M = N * Ho * Wo;
-  const float* res = nullptr;
-  if (!residual.is_none()) {
+  Epilogue ep{optional_vec<float>(scale, "scale", O), optional_vec<float>(bias, "bias", O), nullptr, op, O};
+  if (!residual.is_none()) {  // any strides: NHWC rows, or an NCHW tensor viewed as NHWC
     auto r = residual.cast<py::array>();
-    res = data_of<float>(r, "residual", 4);
-    if (r.size() != M * O) throw std::invalid_argument("residual: expected (N, Ho, Wo, O)");
+    const py::ssize_t want[4] = {N, Ho, Wo, O};
+    if (r.ndim() != 4 || r.itemsize() != static_cast<py::ssize_t>(sizeof(float)))
+      throw std::invalid_argument("residual: expected float32 (N, Ho, Wo, O)");
+    for (int i = 0; i < 4; ++i) {
+      if (r.shape(i) != want[i]) throw std::invalid_argument("residual: expected (N, Ho, Wo, O)");
+      if (r.strides(i) % static_cast<py::ssize_t>(sizeof(float)) || r.strides(i) < 0)
+        throw std::invalid_argument("residual: unsupported strides");
+      ep.rs[i] = r.strides(i) / static_cast<py::ssize_t>(sizeof(float));
+    }
+    ep.residual = static_cast<const float*>(r.data());
   }
-  Epilogue ep{optional_vec<float>(scale, "scale", O), optional_vec<float>(bias, "bias", O), res, op, O};
   const int nt = threads_for(threads);
   const GemmFn gemm = g_isa.gemm;
   py::gil_scoped_release nogil;
 
-  // popcount of each weight tap: a zero (padding) input word contributes popcount(0 ^ w), which
-  // the epilogue removes so that padded taps add exactly 0, as the reference's zero padding does.
-  std::vector<int32_t> wpc(T * O);  // [tap][output]
-  for (int64_t o = 0; o < O; ++o)
-    for (int64_t t = 0; t < T; ++t) {
-      int32_t s = 0;
-      for (int64_t q = 0; q < Cw; ++q) s += __builtin_popcountll(wp[o * Kw + t * Cw + q]);
-      wpc[t * O + o] = s;
-    }
   int64_t TR, OC;
   plan(M, O, Kw, nt, &TR, &OC);
   const int64_t tiles = (M + TR - 1) / TR, chunks = (O + OC - 1) / OC;
@@ -219,8 +254,14 @@ void py_conv(py::array a, py::array w, py::array wprep, int64_t C, int64_t kh, i
     sc.ensure(TR, Kw, OC);
     const int64_t m0 = (task / chunks) * TR, o0 = (task % chunks) * OC;
     const int64_t R = std::min(TR, M - m0), Oc = std::min(OC, O - o0);
-    for (int64_t r = 0; r < R; ++r) {  // im2col of R output pixels, zero words at padding
-      const int64_t m = m0 + r, n = m / (Ho * Wo), oy = (m / Wo) % Ho, ox = m % Wo;
+    // im2col of R output pixels, zero words at padding; (n, oy, ox) of row m0 + r stepped along
+    int64_t n = m0 / (Ho * Wo), oy = (m0 / Wo) % Ho, ox = m0 % Wo;
+    for (int64_t r = 0; r < R; ++r, ++ox) {
+      if (ox == Wo) {
+        ox = 0;
+        if (++oy == Ho) oy = 0, ++n;
+      }
+      sc.roff[r] = n * ep.rs[0] + oy * ep.rs[1] + ox * ep.rs[2];
       uint32_t pm = 0;
       uint64_t* dst = sc.a.data() + r * Kw;
       for (int64_t dy = 0; dy < kh; ++dy) {
@@ -247,10 +288,10 @@ void py_conv(py::array a, py::array w, py::array wprep, int64_t C, int64_t kh, i
       const int32_t kvalid = static_cast<int32_t>(C * (T - __builtin_popcount(pm)));
       int32_t* cr = sc.cnt.data() + r * OC;
       for (uint32_t bits = pm; bits; bits &= bits - 1) {  // border pixel: drop padded taps
-        const int32_t* wt = wpc.data() + __builtin_ctz(bits) * O + o0;
+        const int32_t* wt = wpc + __builtin_ctz(bits) * O + o0;
         for (int64_t j = 0; j < Oc; ++j) cr[j] -= wt[j];
       }
-      finish_row(ep, m0 + r, o0, cr, kvalid, Oc);
+      finish_row(ep, m0 + r, sc.roff[r], o0, cr, kvalid, Oc, sc.gather.data());
     }
   }
 }
@@ -291,7 +332,8 @@ void py_linear(py::array a, py::array w, py::array wprep, int64_t K, py::object 
     gemm(ap + m0 * Kw, R, Kw, bp + (o0 / headhub::kGroup) * wstride, G, Kw, sc.cnt.data(), OC,
          sc.split.data());
     for (int64_t r = 0; r < R; ++r)
-      finish_row(ep, m0 + r, o0, sc.cnt.data() + r * OC, static_cast<int32_t>(K), Oc);
+      finish_row(ep, m0 + r, (m0 + r) * O, o0, sc.cnt.data() + r * OC, static_cast<int32_t>(K),
+                 Oc, sc.gather.data());
   }
 }
 
@@ -333,7 +375,10 @@ PYBIND11_MODULE(_bitops, m) {
   m.def("max_threads", [] { return threads_for(0); });
   m.def("prepare_weights", &py_prepare, py::arg("w"),
         "(O, Kw) packed weights -> the active kernel's layout (redo after set_isa)");
-  m.def("conv", &py_conv, py::arg("a"), py::arg("w"), py::arg("wprep"), py::arg("channels"), py::arg("kh"),
+  m.def("tap_popcounts", &py_tap_popcounts, py::arg("w"), py::arg("taps"),
+        "(O, taps*Cw) packed weights -> (taps*O) int32 popcount of each tap's words");
+  m.def("conv", &py_conv, py::arg("a"), py::arg("w"), py::arg("wprep"), py::arg("tap_pc"),
+        py::arg("channels"), py::arg("kh"),
         py::arg("kw"), py::arg("stride"), py::arg("pad"), py::arg("scale"), py::arg("bias"),
         py::arg("residual"), py::arg("out"), py::arg("threads"));
   m.def("linear", &py_linear, py::arg("a"), py::arg("w"), py::arg("wprep"), py::arg("k"), py::arg("scale"),
