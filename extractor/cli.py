@@ -72,10 +72,12 @@ def serve(
     import torch
     import uvicorn
 
+    from extractor.inference import keep_freed_memory
     from extractor.metrics import configure_json_logging
     from extractor.server import create_app
 
     log_config = configure_json_logging()
+    keep_freed_memory()  # no page faults on every batch's activations
     # One inference thread; parallelism is intra-op. Raises if torch already ran parallel work.
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)

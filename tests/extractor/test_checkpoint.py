@@ -60,6 +60,9 @@ def test_reload_reproduces_sign_bits_exactly_and_features(arch: str, tmp_path: P
     np.testing.assert_allclose(floats, ref.numpy(), rtol=1e-5, atol=1e-5)
     assert sum(isinstance(m, FoldedBinaryLayer) for m in loaded.model.modules()) > 0
     assert not any(isinstance(m, BinaryUnitBN) for m in loaded.model.modules())
+    if arch == "birealnet_112":  # the real stem/downsample convs carry their batch norm now
+        convs = [m for m in loaded.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(c.bias is not None for c in convs)
 
 
 def test_binary_weights_are_stored_at_one_bit_each(tmp_path: Path) -> None:

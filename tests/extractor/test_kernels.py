@@ -6,6 +6,7 @@ fallback are compared with `F.conv2d` / matmul on ±1 floats, which is what the 
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from extractor.fast import build_fast_model
+from extractor.inference import keep_freed_memory
 from extractor.kernels import ops
 from extractor.layers import BinaryUnitBN, FoldedBinaryLayer
 from extractor.packing import pack_signs
@@ -326,3 +328,8 @@ def test_stem_runs_channels_last_only_for_shapes_where_it_reproduces_nchw(
                 stem.conv(x.contiguous(memory_format=torch.channels_last)), stem.conv(x)
             )
         assert stem.channels_last_ok[tuple(x.shape)] is same
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_sets_the_glibc_thresholds() -> None:
+    assert keep_freed_memory(trim_mb=256) is True

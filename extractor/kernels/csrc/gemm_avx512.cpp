@@ -7,6 +7,10 @@
 #include <immintrin.h>
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512vpopcntdq,popcnt")
+// GCC 12's _mm512_cvtepi64_epi32 passes an undefined vector as its merge source (by design) and
+// then warns about it under -O3.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace headhub::isa_avx512 {
 namespace {
 

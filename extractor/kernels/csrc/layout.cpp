@@ -49,10 +49,35 @@ const bool g_pack_avx2 = false;
 void pack_row_avx2(const float*, const float*, int64_t, uint64_t*) {}
 #endif
 
+// NCHW-contiguous input (the output of a real conv): walk each channel's plane in memory order
+// and set that channel's bit in every pixel's word, instead of gathering C strided floats per
+// pixel (one cache line per channel per pixel).
+void pack_planes(const float* x, const int64_t* shape, const int64_t* st, const float* t,
+                 uint64_t* out, int nt) {
+  const int64_t N = shape[0], HW = shape[1] * shape[2], C = shape[3], Cw = (C + 63) / 64;
+#pragma omp parallel for num_threads(nt) schedule(static) collapse(2) if (N * HW * C > 65536)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t q = 0; q < Cw; ++q) {
+      uint64_t* o = out + n * HW * Cw + q;
+      for (int64_t p = 0; p < HW; ++p) o[p * Cw] = 0;
+      for (int64_t c = q * 64; c < std::min(C, q * 64 + 64); ++c) {
+        const float* plane = x + n * st[0] + c * st[3];
+        const float tc = t ? t[c] : 0.0f;
+        const int bit = static_cast<int>(c - q * 64);
+        if (t) {
+          for (int64_t p = 0; p < HW; ++p) o[p * Cw] |= uint64_t((plane[p] + tc) >= 0.0f) << bit;
+        } else {
+          for (int64_t p = 0; p < HW; ++p) o[p * Cw] |= uint64_t(plane[p] >= 0.0f) << bit;
+        }
+      }
+    }
+}
+
 void pack_nhwc(const float* x, const int64_t* shape, const int64_t* st, const float* t,
                uint64_t* out, int nt) {
   const int64_t N = shape[0], H = shape[1], W = shape[2], C = shape[3], Cw = (C + 63) / 64;
   const int64_t M = N * H * W, sc = st[3];
+  if (st[2] == 1 && st[1] == W && sc == H * W) return pack_planes(x, shape, st, t, out, nt);
 #pragma omp parallel for num_threads(nt) schedule(static) if (M * C > 65536)
   for (int64_t m = 0; m < M; ++m) {
     const int64_t n = m / (H * W), h = (m / W) % H, w = m % W;
