@@ -121,11 +121,17 @@ def op_timer(acc: dict[str, float], macs: dict[str, float]) -> Iterator[None]:
 
     for n, f in saved.items():
         setattr(ops, n, wrap(n, f))
+    native = ops._native
+    if native is not None:
+        native.profile(True)  # the conv kernel's own split: im2col / popcount GEMM / epilogue
     try:
         yield
     finally:
         for n, f in saved.items():
             setattr(ops, n, f)
+        if native is not None:
+            for phase, ms in native.profile(False).items():
+                acc[f"phase:{phase}"] += ms / 1e3
 
 
 def _named_parts(model: nn.Module) -> dict[str, nn.Module]:
@@ -182,6 +188,21 @@ def ceilings() -> dict[str, dict[int, float]]:
     return out
 
 
+def float_ceiling(n: int = 512, reps: int = 20) -> float:
+    """fp32 multiply-adds per ns of a cache-friendly square GEMM on one thread (thread CPU time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        t0 = time.thread_time()
+        for _ in range(reps):
+            torch.mm(a, b)
+        return reps * n**3 / ((time.thread_time() - t0) * 1e9)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run(args: argparse.Namespace) -> str:
     global _clock
     torch.manual_seed(0)
@@ -226,6 +247,14 @@ def run(args: argparse.Namespace) -> str:
         lines.append("")
     active = ceil.get(ops.instruction_set(), {})
     peak = max(active.values()) if active else float("nan")
+    if ceil:
+        fp32 = float_ceiling()
+        lines += [
+            f"Float32 for comparison: `torch.mm` 512x512x512 on one thread reaches {fp32:.0f} "
+            f"multiply-adds per ns, so the binary/float ceiling ratio here is "
+            f"**{peak / fp32:.1f}x** (`{ops.instruction_set()}` at its best row length).",
+            "",
+        ]
 
     paths: dict[str, Forward] = {
         "fast": fast.forward_features,
@@ -306,6 +335,14 @@ def breakdown_table(
     for k, v in sorted(f_ms.items()):
         if k.startswith("op:"):
             lines.append(f"| {k[3:]} | {v:.3f} | {100 * v / f_total:.0f}% |")
+    phases = {k[6:]: v for k, v in f_ms.items() if k.startswith("phase:")}
+    if phases:
+        lines += [
+            "",
+            "Inside the binary conv kernel (CPU ms summed over threads): "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in phases.items())
+            + ".",
+        ]
     lines += [
         "",
         "Binary convs, achieved binary multiply-adds per ns (kernel call incl. im2col, epilogue) "

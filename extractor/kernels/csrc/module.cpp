@@ -6,6 +6,8 @@
 // y = residual + y, each rounded separately (built with -ffp-contract=off, so no FMA), which keeps
 // every real value, and so every sign bit of the next layer, identical to the torch path.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <ctime>
 #include <cstdint>
 #include <cstring>
@@ -184,6 +186,39 @@ struct Scratch {
 };
 thread_local Scratch t_scratch;
 
+// ---- phase profile -------------------------------------------------------------------------
+
+// Optional per-phase time of the binary conv (im2col, popcount GEMM, epilogue), summed over
+// threads, for the benchmark's "where the time goes". Off by default: two clock reads per phase
+// per task when on.
+std::atomic<bool> g_profile{false};
+std::atomic<int64_t> g_phase_ns[3];
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+struct PhaseClock {
+  bool on = g_profile.load(std::memory_order_relaxed);
+  int64_t t = on ? now_ns() : 0;
+  void lap(int phase) {
+    if (!on) return;
+    const int64_t t1 = now_ns();
+    g_phase_ns[phase].fetch_add(t1 - t, std::memory_order_relaxed);
+    t = t1;
+  }
+};
+
+py::dict py_profile(bool enable) {  // returns the totals so far (ms) and resets them
+  py::dict d;
+  const char* names[3] = {"im2col", "popcount_gemm", "epilogue"};
+  for (int i = 0; i < 3; ++i) d[names[i]] = g_phase_ns[i].exchange(0) / 1e6;
+  g_profile = enable;
+  return d;
+}
+
 // ---- binary conv ---------------------------------------------------------------------------
 
 // Popcount of each weight tap, [tap][output]: a zero (padding) input word contributes
@@ -252,6 +287,7 @@ void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_
   for (int64_t task = 0; task < tiles * chunks; ++task) {
     Scratch& sc = t_scratch;
     sc.ensure(TR, Kw, OC);
+    PhaseClock clock;
     const int64_t m0 = (task / chunks) * TR, o0 = (task % chunks) * OC;
     const int64_t R = std::min(TR, M - m0), Oc = std::min(OC, O - o0);
     // im2col of R output pixels, zero words at padding; (n, oy, ox) of row m0 + r stepped along
@@ -280,9 +316,11 @@ void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_
       }
       sc.mask[r] = pm;
     }
+    clock.lap(0);
     const int64_t G = (Oc + headhub::kGroup - 1) / headhub::kGroup;
     gemm(sc.a.data(), R, Kw, bp + (o0 / headhub::kGroup) * wstride, G, Kw, sc.cnt.data(), OC,
          sc.split.data());
+    clock.lap(1);
     for (int64_t r = 0; r < R; ++r) {
       const uint32_t pm = sc.mask[r];
       const int32_t kvalid = static_cast<int32_t>(C * (T - __builtin_popcount(pm)));
@@ -293,6 +331,7 @@ void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_
       }
       finish_row(ep, m0 + r, sc.roff[r], o0, cr, kvalid, Oc, sc.gather.data());
     }
+    clock.lap(2);
   }
 }
 
@@ -375,6 +414,9 @@ PYBIND11_MODULE(_bitops, m) {
   m.def("max_threads", [] { return threads_for(0); });
   m.def("prepare_weights", &py_prepare, py::arg("w"),
         "(O, Kw) packed weights -> the active kernel's layout (redo after set_isa)");
+  m.def("profile", &py_profile, py::arg("enable"),
+        "binary conv time per phase (ms, summed over threads) since the last call; resets the "
+        "totals and turns the timing on or off");
   m.def("tap_popcounts", &py_tap_popcounts, py::arg("w"), py::arg("taps"),
         "(O, taps*Cw) packed weights -> (taps*O) int32 popcount of each tap's words");
   m.def("conv", &py_conv, py::arg("a"), py::arg("w"), py::arg("wprep"), py::arg("tap_pc"),
