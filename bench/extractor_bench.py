@@ -8,8 +8,11 @@ dynamic batch) and reports images/s and the p50 latency of one batch, for:
   (±1 weights and activations in float tensors, BN folded);
 - `binary (fast)`: the registered fast kernels, when `extractor.inference` has one;
 - `float`: the training module of the same architecture with binarization off (real weights and
-  activations), i.e. the network the paper compares against.
-Sizes: the checkpoint file against float32 storage of the same parameters. Writes Markdown to
+  activations), i.e. the network the paper compares against;
+- `float teacher`: EfficientNet-Lite0 (`extractor.teacher`) at its native 224 px, the network the
+  binary extractor was distilled from and whose features give the transfer table's teacher row.
+Sizes: the checkpoint file against float32 storage of the same parameters and the teacher's.
+Runs with `keep_freed_memory()`, as the extractor server does. Writes Markdown to
 `bench/results/extractor.md`.
 """
 
@@ -29,10 +32,11 @@ import torch
 from torch import Tensor
 
 from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from extractor.inference import select_path
+from extractor.inference import keep_freed_memory, select_path
 from extractor.models import create_model, set_binarize
 
 BATCHES = (1, 8, 32)
+TEACHER = "float teacher (EfficientNet-Lite0, 224 px)"
 RESULTS = Path(__file__).resolve().parent / "results" / "extractor.md"
 
 
@@ -41,7 +45,8 @@ def time_forward(
 ) -> tuple[float, float]:
     """(images/s, p50 seconds per batch) over at least `min_iters` calls and `seconds` seconds."""
     with torch.inference_mode():
-        forward(x)  # warm-up: allocator, oneDNN primitive cache
+        for _ in range(3):  # warm-up: allocator, oneDNN primitive cache
+            forward(x)
         laps: list[float] = []
         start = time.perf_counter()
         while len(laps) < min_iters or time.perf_counter() - start < seconds:
@@ -49,6 +54,21 @@ def time_forward(
             forward(x)
             laps.append(time.perf_counter() - t0)
     return x.shape[0] * len(laps) / sum(laps), statistics.median(laps)
+
+
+def _teacher() -> tuple[torch.nn.Module | None, int]:
+    """The distillation teacher (pretrained when its weights package is installed) and its
+    parameter count without the 1000-class classifier; (None, 0) without the distill extra."""
+    try:
+        from extractor.teacher import EfficientNetLite0, load_teacher
+    except ImportError:
+        return None, 0
+    try:
+        model = load_teacher()
+    except Exception:  # weights package missing: same architecture, same cost
+        model = EfficientNetLite0().eval()
+    n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("_fc"))
+    return model.requires_grad_(False), n
 
 
 def cpu_name() -> str:
@@ -71,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    keep_freed_memory()
 
     loaded = load_checkpoint(args.checkpoint)
     info = loaded.info()
@@ -84,12 +105,17 @@ def main(argv: list[str] | None = None) -> None:
     float_params = sum(
         p.numel() for n, p in float_model.named_parameters() if not n.startswith("head")
     )
+    sizes = {name: tuple(loaded.pretrained_cfg["input_size"]) for name in paths}
+    teacher, teacher_params = _teacher()
+    if teacher is not None:
+        paths[TEACHER] = teacher.forward_features  # type: ignore[assignment]
+        sizes[TEACHER] = (3, 224, 224)
 
     load_start = os.getloadavg()[0]
     rows: list[tuple[str, int, float, float]] = []
     for name, forward in paths.items():
         for b in BATCHES:
-            x = torch.randn(b, *loaded.pretrained_cfg["input_size"])
+            x = torch.randn(b, *sizes[name])
             ips, p50 = time_forward(forward, x, args.seconds)
             rows.append((name, b, ips, p50))
             print(
@@ -147,6 +173,16 @@ def main(argv: list[str] | None = None) -> None:
         f"| float32 storage of the same parameters ({float_params:,}) | {4 * float_params:,} |",
         f"| ratio | {4 * float_params / info['size_bytes']:.1f}x smaller |",
         f"| bits per parameter in the checkpoint | {info['bits_per_weight']} |",
+        *(
+            [
+                f"| float teacher, float32 ({teacher_params:,} parameters, without its "
+                f"classifier) | {4 * teacher_params:,} |",
+                f"| packed checkpoint vs teacher | "
+                f"{4 * teacher_params / info['size_bytes']:.1f}x smaller |",
+            ]
+            if teacher is not None
+            else []
+        ),
         "",
         "The reference path computes the binary network with float ops on ±1 values, so it does "
         "the same arithmetic as the float network and is not expected to be faster; speed comes "
