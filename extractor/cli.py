@@ -125,6 +125,11 @@ def train(
     ckpt_minutes: float = typer.Option(5.0, help="minutes between checkpoints"),
     eval_minutes: float = typer.Option(10.0, help="minutes between held-out evaluations"),
     seed: int = typer.Option(0),
+    feature_grid: int | None = typer.Option(
+        None,
+        min=1,
+        help="export features average-pooled to a g x g grid (default: the architecture's)",
+    ),
 ) -> None:
     """Distil the EfficientNet-Lite0 teacher into the default binary extractor (issue 6)."""
     from extractor.distill.corpus import CorpusConfig
@@ -134,7 +139,7 @@ def train(
         if export is not None:
             trainer = Trainer.resume(export, device="cpu", threads=threads)
             target = checkpoint or export / "extractor.safetensors"
-            typer.echo(f"exported {target}: id {trainer.export(target)}")
+            typer.echo(f"exported {target}: id {trainer.export(target, feature_grid)}")
             return
         if out is None:
             raise DistillError("--out RUN_DIR is required (or --export RUN_DIR)")
@@ -153,7 +158,7 @@ def train(
             trainer = Trainer(cfg)
         trainer.run()
         target = checkpoint or out / "extractor.safetensors"
-        typer.echo(f"exported {target}: id {trainer.export(target)}")
+        typer.echo(f"exported {target}: id {trainer.export(target, feature_grid)}")
     except DistillError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc

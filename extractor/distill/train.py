@@ -44,6 +44,7 @@ from extractor.teacher import TEACHER_NAME, EfficientNetLite0, load_teacher, nor
 __all__ = ["DistillError", "TrainConfig", "Trainer", "export_run", "lr_at"]
 
 STATE_FILE = "state.pt"
+REGRID_VIEWS = 2048  # corpus views that refit `feature_norm` when export changes the grid
 CL = torch.channels_last
 
 
@@ -398,7 +399,13 @@ class Trainer:
             else round(self.baseline["agree"], 4),
         }
 
-    def export(self, path: Path) -> str:
+    def export(self, path: Path, feature_grid: int | None = None) -> str:
+        """Pack the student; `feature_grid` re-pools its final map to a g x g grid of features.
+
+        Distillation trains on globally pooled features (the teacher's are global too); the
+        pooling is parameter-free, so the trained network can serve a finer grid: only the
+        feature-centring BN (`feature_norm`) is refitted, on corpus views.
+        """
         from extractor.checkpoint import save_checkpoint
 
         if self.in_stage1():
@@ -408,14 +415,42 @@ class Trainer:
         self._set_stage()
         self.student.eval()
         model = copy.deepcopy(self.student).cpu()
+        provenance = self.provenance()
+        if feature_grid is not None and feature_grid != model.config.feature_grid:
+            model = self._regrid(model, feature_grid)
+            provenance["feature_grid"] = feature_grid
+            provenance["feature_norm"] = f"refitted on {REGRID_VIEWS} corpus views at export"
         model.to(memory_format=torch.contiguous_format)
-        return save_checkpoint(model, path, self.provenance())
+        return save_checkpoint(model, path, provenance)
+
+    @torch.no_grad()
+    def _regrid(self, model: nn.Module, grid: int) -> nn.Module:
+        config = {**dataclasses.asdict(model.config), "feature_grid": grid}  # type: ignore[call-overload]
+        new: Any = create_model(self.cfg.arch, **config)
+        kept = {
+            k: v
+            for k, v in model.state_dict().items()
+            if not k.startswith(("feature_norm.", "head."))
+        }
+        new.load_state_dict(kept, strict=False)
+        set_binarize(new, activations=True, weights=True)
+        new.eval()
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        feats = []
+        for _ in range(REGRID_VIEWS // 128):
+            x = sample_views(self.corpus.train, 128, self.cfg.teacher_size, gen)
+            x = student_input(x, new.pretrained_cfg)
+            feats.append(new.pool(new.final(new.stages(new.stem(x)))))
+        f = torch.cat(feats)
+        new.feature_norm.running_mean.copy_(f.mean(0))
+        new.feature_norm.running_var.copy_(f.var(0))
+        return new
 
 
-def export_run(out: Path, path: Path) -> str:
+def export_run(out: Path, path: Path, feature_grid: int | None = None) -> str:
     """Pack the student stored in run dir `out` into an extractor checkpoint at `path`."""
     trainer = Trainer.resume(out)
-    return trainer.export(path)
+    return trainer.export(path, feature_grid)
 
 
 def command_line() -> str:

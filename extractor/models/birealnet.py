@@ -7,7 +7,10 @@ Bannink et al., "Larq Compute Engine" / QuickNet 2021 (real stem and real downsa
     stem:   conv3x3 s2 (real) -> BN -> PReLU                                  # (B, 32, S/2, S/2)
     stage:  avgpool 2x2 -> conv1x1 (real) -> BN, then `depth` Bi-Real blocks:
             x + BN(conv3x3(sign(x + b), sign(W) * alpha))                     # alpha = mean|W_o|
-    final:  BN -> PReLU -> global average pool -> BN (no affine)              # (B, widths[-1])
+    final:  BN -> PReLU -> average pool to a g x g grid -> BN (no affine)     # (B, widths[-1]*g*g)
+            g = feature_grid: 1 is the global average pool; 2 keeps where in the image (which
+            quadrant) a feature fired, four times the dimensions, for more linearly separable
+            features from a small binary network (spatial pyramid pooling, Lazebnik et al. 2006).
             The last BN centres each feature on its running mean, so the sign bits that feed a
             binary last layer (the paper's (a)) split about evenly instead of being almost all +1.
     head:   Linear(widths[-1], num_classes), only for pretraining/distillation
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from extractor.layers import BinaryConvBN
@@ -27,10 +31,11 @@ from extractor.models._registry import make_pretrained_cfg, register_model
 class BiRealConfig:
     input_size: int = 112  # square input side; 112 keeps a 2-core CPU near 450 img/s (float path)
     stem_width: int = 32  # real 3x3 stride-2 stem
-    widths: tuple[int, ...] = (64, 128, 256, 512)  # one stage per width; the last is feature_dim
+    widths: tuple[int, ...] = (64, 128, 256, 512)  # one stage per width (last: features)
     depths: tuple[int, ...] = (2, 2, 2, 2)  # Bi-Real blocks per stage
     scale_weights: bool = True  # XNOR-Net alpha = mean|W| per output channel (folded at export)
     num_classes: int = 1000  # ImageNet-style head used only while pretraining
+    feature_grid: int = 1  # features = final map average-pooled to a g x g grid, flattened
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)  # JSON round trip gives lists
@@ -39,6 +44,8 @@ class BiRealConfig:
             self.depths = self.depths * len(self.widths)
         if len(self.widths) != len(self.depths) or not self.widths:
             raise ValueError("widths and depths must be non-empty and of equal length")
+        if self.feature_grid < 1:
+            raise ValueError("feature_grid must be >= 1")
 
 
 class BiRealBlock(nn.Module):
@@ -80,15 +87,22 @@ class BiRealNet(nn.Module):
             c = width
         self.stages = nn.Sequential(*stages)
         self.final = nn.Sequential(nn.BatchNorm2d(c), nn.PReLU(c))
-        self.feature_norm = nn.BatchNorm1d(c, affine=False)
-        self.feature_dim = c
-        self.head = nn.Linear(c, config.num_classes)
+        self.feature_dim = c * config.feature_grid**2
+        self.feature_norm = nn.BatchNorm1d(self.feature_dim, affine=False)
+        self.head = nn.Linear(self.feature_dim, config.num_classes)
+
+    def pool(self, x: Tensor) -> Tensor:
+        """(B, C, h, w) final map -> (B, C * g * g) features before `feature_norm`."""
+        g = self.config.feature_grid
+        if g == 1:
+            return x.mean(dim=(2, 3))
+        return F.adaptive_avg_pool2d(x, g).flatten(1)  # channel-major: (c, gy, gx)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.stem(x)  # (B, stem, S/2, S/2)
         x = self.stages(x)  # (B, C, S/32, S/32)
         x = self.final(x)
-        return self.feature_norm(x.mean(dim=(2, 3)))  # (B, C), centred per feature
+        return self.feature_norm(self.pool(x))  # (B, feature_dim), centred per feature
 
     def forward_head(self, f: Tensor) -> Tensor:
         return self.head(f)  # (B, num_classes)

@@ -202,6 +202,41 @@ def test_export_packs_a_binary_checkpoint_with_provenance(tmp_path: Path) -> Non
     assert prov["corpus"]["train"] == {"procedural": 12}
 
 
+def test_export_can_pool_features_on_a_finer_grid(tmp_path: Path) -> None:
+    from extractor.checkpoint import load_checkpoint
+    from extractor.distill.augment import sample_views, student_input
+    from extractor.fast import build_fast_model
+
+    trainer = Trainer(_tiny_config(tmp_path, "run", steps=2))
+    trainer.run()
+    trainer.export(tmp_path / "g1.safetensors")
+    trainer.export(tmp_path / "g2.safetensors", feature_grid=2)
+    g1 = load_checkpoint(tmp_path / "g1.safetensors")
+    g2 = load_checkpoint(tmp_path / "g2.safetensors")
+    assert (g1.feature_dim, g2.feature_dim) == (16, 64)
+    assert g2.metadata["config"]["feature_grid"] == 2
+    assert g2.metadata["provenance"]["feature_grid"] == 2
+
+    x = student_input(
+        sample_views(trainer.corpus.train, 32, 32, torch.Generator().manual_seed(1)),
+        g2.pretrained_cfg,
+    )
+    with torch.inference_mode():
+        f1, f2 = g1.model.forward_features(x), g2.model.forward_features(x)
+        fast = build_fast_model(g2).forward_features(x)
+    assert torch.equal(fast, f2)  # the kernels serve the grid as well
+    assert f2.mean(0).abs().mean() < 0.5  # feature_norm refitted: features centred
+
+    # Same trained body: undo each feature_norm; the four cells of a channel average to its
+    # globally pooled value.
+    def pooled(loaded, f):  # type: ignore[no-untyped-def]
+        bn = loaded.model.feature_norm
+        return f * torch.sqrt(bn.running_var + bn.eps) + bn.running_mean
+
+    cells = pooled(g2, f2).reshape(32, 16, 4).mean(-1)
+    torch.testing.assert_close(cells, pooled(g1, f1), rtol=1e-4, atol=1e-4)
+
+
 def test_resume_without_a_state_file_is_a_distill_error(tmp_path: Path) -> None:
     with pytest.raises(DistillError):
         Trainer.resume(tmp_path / "nothing")

@@ -39,7 +39,12 @@ def test_default_birealnet_has_the_designed_size() -> None:
 
 
 @pytest.mark.parametrize(
-    ("arch", "cfg"), [("birealnet_112", TINY_BIREAL), ("binary_alexnet", TINY_ALEX)]
+    ("arch", "cfg"),
+    [
+        ("birealnet_112", TINY_BIREAL),
+        ("birealnet_112", {**TINY_BIREAL, "feature_grid": 2}),
+        ("binary_alexnet", TINY_ALEX),
+    ],
 )
 def test_forward_is_head_of_features_with_contract_shapes(arch: str, cfg: dict) -> None:
     torch.manual_seed(0)
@@ -49,6 +54,8 @@ def test_forward_is_head_of_features_with_contract_shapes(arch: str, cfg: dict) 
     with torch.no_grad():
         f = model.forward_features(x)
         assert f.shape == (3, model.feature_dim)
+        if cfg.get("feature_grid") == 2:  # a 2 x 2 grid of every final channel
+            assert model.feature_dim == 4 * cfg["widths"][-1]
         assert torch.equal(model(x), model.forward_head(f))
         assert model.forward_head(f).shape == (3, 10)
     assert model.arch == arch
