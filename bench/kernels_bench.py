@@ -101,34 +101,44 @@ def module_timer(modules: dict[str, nn.Module], acc: dict[str, float]) -> Iterat
 
 @contextmanager
 def op_timer(acc: dict[str, float], macs: dict[str, float]) -> Iterator[None]:
-    """Time the kernel wrappers called by extractor.fast (packing, conv, layout copies)."""
+    """Time the kernel calls made by extractor.fast: each layer's prepared pack + binary conv
+    (`ops.BinaryConvPlan`), the unprepared kernel wrappers (linear layers, the torch fallback),
+    layout copies; and the kernels' own split by phase (`_bitops.profile`)."""
     names = ["pack_nchw", "pack_rows", "binary_conv2d", "binary_linear", "to_contiguous"]
     saved = {n: getattr(ops, n) for n in names}
+    plan_call = ops.BinaryConvPlan.__call__
 
     def wrap(n: str, f: Callable[..., Tensor]) -> Callable[..., Tensor]:
         def timed(*a: Any, **k: Any) -> Tensor:
             t0 = _clock()
             out = f(*a, **k)
             acc[f"op:{n}"] += _clock() - t0
-            if n == "binary_conv2d":
-                kh, kw = a[3]
-                key = f"conv {a[2]}->{out.shape[1]} @{out.shape[2]}x{out.shape[3]}"
-                macs[key] += out.numel() * a[2] * kh * kw
-                acc[f"mac:{key}"] += _clock() - t0
             return out
 
         return timed
 
+    def timed_plan(plan: ops.BinaryConvPlan, *a: Any, **k: Any) -> Tensor:
+        t0 = _clock()
+        out = plan_call(plan, *a, **k)
+        dt = _clock() - t0
+        acc["op:binary conv (pack + kernel)"] += dt
+        key = f"conv {plan.geometry[0]}->{out.shape[1]} @{out.shape[2]}x{out.shape[3]}"
+        macs[key] += plan.macs
+        acc[f"mac:{key}"] += dt
+        return out
+
     for n, f in saved.items():
         setattr(ops, n, wrap(n, f))
+    ops.BinaryConvPlan.__call__ = timed_plan  # type: ignore[method-assign]
     native = ops._native
     if native is not None:
-        native.profile(True)  # the conv kernel's own split: im2col / popcount GEMM / epilogue
+        native.profile(True)
     try:
         yield
     finally:
         for n, f in saved.items():
             setattr(ops, n, f)
+        ops.BinaryConvPlan.__call__ = plan_call  # type: ignore[method-assign]
         if native is not None:
             for phase, ms in native.profile(False).items():
                 acc[f"phase:{phase}"] += ms / 1e3
@@ -339,13 +349,13 @@ def breakdown_table(
     if phases:
         lines += [
             "",
-            "Inside the binary conv kernel (CPU ms summed over threads): "
+            "Inside the kernels (CPU ms summed over threads): "
             + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in phases.items())
             + ".",
         ]
     lines += [
         "",
-        "Binary convs, achieved binary multiply-adds per ns (kernel call incl. im2col, epilogue) "
+        "Binary convs, achieved binary multiply-adds per ns (packing, im2col, epilogue included) "
         f"against the one-thread ceiling {peak:.0f}/ns x {threads} threads:",
         "",
         "| conv | MMACs | ms | MACs/ns | of ceiling |",

@@ -32,11 +32,13 @@ class Workspace(threading.local):
     Fresh multi-megabyte tensors cost a page fault per 4 KiB on first touch, as much as the binary
     conv itself at batch 32. Each buffer is sized for the largest batch seen and sliced for smaller
     ones; every intermediate is dead once `forward_features` returns (its result is a new tensor),
-    so reuse is safe, and thread-local buffers keep concurrent callers apart.
+    so reuse is safe, and thread-local buffers keep concurrent callers apart. `plans` are the
+    layers' prepared kernel calls per input shape, built on these buffers.
     """
 
     def __init__(self) -> None:
         self.buffers: dict[tuple[int, str], Tensor] = {}
+        self.plans: dict[tuple[int, tuple[int, ...]], ops.BinaryConvPlan] = {}
 
     def take(
         self, owner: nn.Module, role: str, shape: tuple[int, ...], dtype: torch.dtype
@@ -51,6 +53,8 @@ class Workspace(threading.local):
         ):
             buf = torch.empty(shape, dtype=dtype)
             self.buffers[key] = buf
+            # the owner's plans hold views of the buffer just replaced: rebuild them lazily
+            self.plans = {k: p for k, p in self.plans.items() if k[0] != id(owner)}
         return buf[: shape[0]]
 
 
@@ -80,6 +84,12 @@ class FastBinaryLayer(nn.Module):
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         conv = self.kind == "conv"
+        if conv and self.pool is None and x.dtype == torch.float32 and ops.backend() == "native":
+            plan = self._plan(tuple(x.shape))
+            y = plan(x, residual)
+            if self.trace is not None:
+                self.trace.append(plan.bits)
+            return y
         if conv:
             n, c, h, w = x.shape
             words = self.workspace.take(self, "bits", (n, h, w, ops.words_for(c)), torch.int64)
@@ -117,6 +127,25 @@ class FastBinaryLayer(nn.Module):
             if residual is not None:
                 y = residual + y
         return y
+
+    def _plan(self, shape: tuple[int, ...]) -> ops.BinaryConvPlan:
+        """This thread's prepared pack + conv for inputs of `shape` (one per batch size seen)."""
+        key = (id(self), shape)
+        plan = self.workspace.plans.get(key)
+        if plan is None:
+            plan = ops.BinaryConvPlan(
+                self.weight,
+                shape,  # type: ignore[arg-type]
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.threshold,
+                self.scale,
+                self.bias,
+                alloc=lambda role, shape, dtype: self.workspace.take(self, role, shape, dtype),
+            )
+            self.workspace.plans[key] = plan
+        return plan
 
 
 class FastBiRealBlock(nn.Module):

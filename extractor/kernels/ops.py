@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "BinaryConvPlan",
     "KernelError",
     "PreparedWeight",
     "avg_pool2d",
@@ -335,6 +337,68 @@ def binary_conv2d(
         _threads(),
     )
     return out.permute(0, 3, 1, 2)
+
+
+class BinaryConvPlan:
+    """`pack_nchw` + `binary_conv2d` for one layer and one input shape, prepared once.
+
+    At batch 1 a layer's native work is tens of microseconds, as much as the checks, dtype and
+    layout conversions and numpy views that each call of the two functions redoes. A plan checks
+    the geometry and holds numpy views of the constant operands and of its own output buffers,
+    so a call is two native calls. Requires the native backend; the result is a view of the
+    plan's buffer, overwritten by its next call (callers keep one plan per thread).
+    """
+
+    def __init__(
+        self,
+        weight: PreparedWeight,
+        shape: tuple[int, int, int, int],
+        kernel_size: tuple[int, int],
+        stride: int,
+        padding: int,
+        threshold: Tensor | None,
+        scale: Tensor | None,
+        bias: Tensor | None,
+        alloc: Callable[[str, tuple[int, ...], torch.dtype], Tensor] | None = None,
+    ) -> None:
+        """`alloc(role, shape, dtype)` supplies the "bits" and "out" buffers (default: new)."""
+        _check(_native is not None, "BinaryConvPlan needs the native kernels")
+        alloc = alloc or (lambda _role, shape, dtype: torch.empty(shape, dtype=dtype))
+        n, c, h, w = shape
+        kh, kw = kernel_size
+        o = weight.out_features
+        _check(weight.words.shape[1] == kh * kw * words_for(c), "weight does not fit the input")
+        ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+        _check(ho > 0 and wo > 0, "input smaller than the kernel")
+        self.shape, self.weight = shape, weight
+        self.geometry = (c, kh, kw, stride, padding)
+        self.bits = alloc("bits", (n, h, w, words_for(c)), torch.int64)
+        self.out = alloc("out", (n, ho, wo, o), torch.float32)
+        self.result = self.out.permute(0, 3, 1, 2)  # (N, O, Ho, Wo), channels-last memory
+        self.macs = n * ho * wo * o * c * kh * kw
+        self._bits, self._out = self.bits.numpy(), self.out.numpy()
+        self._w = weight.words.numpy()
+        self._tap_pc = weight.tap_popcounts(kh * kw)
+        self._t, self._scale, self._bias = (
+            None if v is None else v.detach().float().contiguous().numpy()
+            for v in (threshold, _vec(scale, o, "scale"), _vec(bias, o, "bias"))
+        )
+        _check(self._t is None or self._t.shape == (c,), "threshold must have shape (C,)")
+
+    def __call__(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """sign(x + t) packed, then residual + (dot * scale + bias); x float32 of `shape`."""
+        assert _native is not None
+        nt = torch.get_num_threads()
+        xs = x.permute(0, 2, 3, 1).numpy()  # any memory format: the kernels read strides
+        _native.pack(xs, self._t, self._bits, nt)
+        res = None
+        if residual is not None:
+            res = xs if residual is x else residual.permute(0, 2, 3, 1).numpy()
+        _native.conv(
+            self._bits, self._w, self.weight.native(), self._tap_pc, *self.geometry,
+            self._scale, self._bias, res, self._out, nt,
+        )  # fmt: skip
+        return self.result
 
 
 # ---- binary linear -----------------------------------------------------------------------------

@@ -253,6 +253,21 @@ def test_tiny_checkpoint_same_bits_and_features(
     _assert_equivalent(tiny, x)
 
 
+@pytest.mark.skipif(not NATIVE, reason="compiled kernels not built")
+def test_one_fast_model_serves_changing_batch_sizes(tiny: torch.nn.Module) -> None:
+    """Prepared kernel calls per batch size share buffers that grow: none may go stale."""
+    fast = build_fast_model(tiny)
+    g = torch.Generator().manual_seed(3)
+    kept = []
+    for batch in [2, 5, 1, 5, 7, 2]:
+        x = torch.randn(batch, 3, 32, 32, generator=g)
+        with torch.inference_mode():
+            got, want = fast.forward_features(x), tiny.forward_features(x)  # type: ignore[operator]
+        assert torch.equal(got, want), f"batch {batch}"
+        kept.append((got, want))
+    assert all(torch.equal(a, b) for a, b in kept)  # results are not views of reused buffers
+
+
 def _folded(arch: str, **config: object) -> torch.nn.Module:
     """A randomly initialised network with its binary units folded (the reference form)."""
     from extractor.models import create_model

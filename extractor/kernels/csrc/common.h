@@ -4,6 +4,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -46,5 +48,28 @@ inline int threads_for(int requested) {
 }
 
 void register_layout_ops(py::module_& m);  // layout.cpp
+
+// Optional per-phase kernel time for the benchmark's "where the time goes" (`_bitops.profile`),
+// summed over threads. Off by default; when on, two clock reads per phase per work item.
+enum Phase { kPack, kIm2col, kGemm, kEpilogue, kPhases };
+inline std::atomic<bool> g_profile{false};
+inline std::atomic<int64_t> g_phase_ns[kPhases];
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+struct PhaseClock {
+  bool on = g_profile.load(std::memory_order_relaxed);
+  int64_t t = on ? now_ns() : 0;
+  void lap(int phase) {
+    if (!on) return;
+    const int64_t t1 = now_ns();
+    g_phase_ns[phase].fetch_add(t1 - t, std::memory_order_relaxed);
+    t = t1;
+  }
+};
 
 }  // namespace headhub

@@ -55,7 +55,10 @@ void pack_row_avx2(const float*, const float*, int64_t, uint64_t*) {}
 void pack_planes(const float* x, const int64_t* shape, const int64_t* st, const float* t,
                  uint64_t* out, int nt) {
   const int64_t N = shape[0], HW = shape[1] * shape[2], C = shape[3], Cw = (C + 63) / 64;
-#pragma omp parallel for num_threads(nt) schedule(static) collapse(2) if (N * HW * C > 65536)
+#pragma omp parallel num_threads(nt) if (N * HW * C > 65536)
+  {
+  PhaseClock clock;
+#pragma omp for schedule(static) collapse(2) nowait
   for (int64_t n = 0; n < N; ++n)
     for (int64_t q = 0; q < Cw; ++q) {
       uint64_t* o = out + n * HW * Cw + q;
@@ -71,6 +74,8 @@ void pack_planes(const float* x, const int64_t* shape, const int64_t* st, const 
         }
       }
     }
+  clock.lap(kPack);
+  }
 }
 
 void pack_nhwc(const float* x, const int64_t* shape, const int64_t* st, const float* t,
@@ -78,7 +83,10 @@ void pack_nhwc(const float* x, const int64_t* shape, const int64_t* st, const fl
   const int64_t N = shape[0], H = shape[1], W = shape[2], C = shape[3], Cw = (C + 63) / 64;
   const int64_t M = N * H * W, sc = st[3];
   if (st[2] == 1 && st[1] == W && sc == H * W) return pack_planes(x, shape, st, t, out, nt);
-#pragma omp parallel for num_threads(nt) schedule(static) if (M * C > 65536)
+#pragma omp parallel num_threads(nt) if (M * C > 65536)
+  {
+  PhaseClock clock;
+#pragma omp for schedule(static) nowait
   for (int64_t m = 0; m < M; ++m) {
     const int64_t n = m / (H * W), h = (m / W) % H, w = m % W;
     const float* row = x + n * st[0] + h * st[1] + w * st[2];
@@ -102,6 +110,8 @@ void pack_nhwc(const float* x, const int64_t* shape, const int64_t* st, const fl
       }
       o[q] = bits;
     }
+  }
+  clock.lap(kPack);
   }
 }
 

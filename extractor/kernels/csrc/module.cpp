@@ -6,8 +6,6 @@
 // y = residual + y, each rounded separately (built with -ffp-contract=off, so no FMA), which keeps
 // every real value, and so every sign bit of the next layer, identical to the torch path.
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <ctime>
 #include <cstdint>
 #include <cstring>
@@ -188,33 +186,10 @@ thread_local Scratch t_scratch;
 
 // ---- phase profile -------------------------------------------------------------------------
 
-// Optional per-phase time of the binary conv (im2col, popcount GEMM, epilogue), summed over
-// threads, for the benchmark's "where the time goes". Off by default: two clock reads per phase
-// per task when on.
-std::atomic<bool> g_profile{false};
-std::atomic<int64_t> g_phase_ns[3];
-
-inline int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-struct PhaseClock {
-  bool on = g_profile.load(std::memory_order_relaxed);
-  int64_t t = on ? now_ns() : 0;
-  void lap(int phase) {
-    if (!on) return;
-    const int64_t t1 = now_ns();
-    g_phase_ns[phase].fetch_add(t1 - t, std::memory_order_relaxed);
-    t = t1;
-  }
-};
-
 py::dict py_profile(bool enable) {  // returns the totals so far (ms) and resets them
   py::dict d;
-  const char* names[3] = {"im2col", "popcount_gemm", "epilogue"};
-  for (int i = 0; i < 3; ++i) d[names[i]] = g_phase_ns[i].exchange(0) / 1e6;
+  const char* names[kPhases] = {"pack", "im2col", "popcount_gemm", "epilogue"};
+  for (int i = 0; i < kPhases; ++i) d[names[i]] = g_phase_ns[i].exchange(0) / 1e6;
   g_profile = enable;
   return d;
 }
@@ -316,11 +291,11 @@ void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_
       }
       sc.mask[r] = pm;
     }
-    clock.lap(0);
+    clock.lap(kIm2col);
     const int64_t G = (Oc + headhub::kGroup - 1) / headhub::kGroup;
     gemm(sc.a.data(), R, Kw, bp + (o0 / headhub::kGroup) * wstride, G, Kw, sc.cnt.data(), OC,
          sc.split.data());
-    clock.lap(1);
+    clock.lap(kGemm);
     for (int64_t r = 0; r < R; ++r) {
       const uint32_t pm = sc.mask[r];
       const int32_t kvalid = static_cast<int32_t>(C * (T - __builtin_popcount(pm)));
@@ -331,7 +306,7 @@ void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_
       }
       finish_row(ep, m0 + r, sc.roff[r], o0, cr, kvalid, Oc, sc.gather.data());
     }
-    clock.lap(2);
+    clock.lap(kEpilogue);
   }
 }
 
@@ -415,8 +390,8 @@ PYBIND11_MODULE(_bitops, m) {
   m.def("prepare_weights", &py_prepare, py::arg("w"),
         "(O, Kw) packed weights -> the active kernel's layout (redo after set_isa)");
   m.def("profile", &py_profile, py::arg("enable"),
-        "binary conv time per phase (ms, summed over threads) since the last call; resets the "
-        "totals and turns the timing on or off");
+        "kernel time per phase (pack, im2col, popcount GEMM, epilogue; ms summed over threads) "
+        "since the last call; resets the totals and turns the timing on or off");
   m.def("tap_popcounts", &py_tap_popcounts, py::arg("w"), py::arg("taps"),
         "(O, taps*Cw) packed weights -> (taps*O) int32 popcount of each tap's words");
   m.def("conv", &py_conv, py::arg("a"), py::arg("w"), py::arg("wprep"), py::arg("tap_pc"),
