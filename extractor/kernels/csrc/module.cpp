@@ -115,7 +115,7 @@ struct Epilogue {
 // Branch-free per element so it vectorizes; the compiler keeps the separate roundings
 // (-ffp-contract=off).
 template <bool S, bool B, bool R>
-void finish_row_t(const int32_t* cnt, int32_t kvalid, const float* scale, const float* bias,
+__attribute__((always_inline)) inline void finish_row_t(const int32_t* cnt, int32_t kvalid, const float* scale, const float* bias,
                   const float* res, float* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     float y = static_cast<float>(kvalid - 2 * cnt[j]);
@@ -126,8 +126,26 @@ void finish_row_t(const int32_t* cnt, int32_t kvalid, const float* scale, const 
   }
 }
 
+// The epilogue runs once per output value, so it is cloned per ISA (ifunc dispatch when the
+// module loads): 512/256-bit vectors where the CPU has them although the build has no -march.
+// Still no FMA: -ffp-contract=off keeps y * scale + bias two roundings, as in torch.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HEADHUB_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HEADHUB_CLONES
+#endif
+
+// Border pixel: remove the popcount(0 ^ w) that each zero-padded tap (bit t of pm) added.
+HEADHUB_CLONES void drop_padded_taps(int32_t* cnt, uint32_t pm, const int32_t* wpc, int64_t O,
+                                     int64_t n) {
+  for (uint32_t bits = pm; bits; bits &= bits - 1) {
+    const int32_t* wt = wpc + __builtin_ctz(bits) * O;
+    for (int64_t j = 0; j < n; ++j) cnt[j] -= wt[j];
+  }
+}
+
 // `roff`: element offset of output row m's pixel in the residual (its (n, y, x) under rs).
-void finish_row(const Epilogue& e, int64_t m, int64_t roff, int64_t o0, const int32_t* cnt,
+HEADHUB_CLONES void finish_row(const Epilogue& e, int64_t m, int64_t roff, int64_t o0, const int32_t* cnt,
                 int32_t kvalid, int64_t n, float* gather) {
   const float* s = e.scale ? e.scale + o0 : nullptr;
   const float* b = e.bias ? e.bias + o0 : nullptr;
@@ -275,14 +293,21 @@ void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_
       sc.roff[r] = n * ep.rs[0] + oy * ep.rs[1] + ox * ep.rs[2];
       uint32_t pm = 0;
       uint64_t* dst = sc.a.data() + r * Kw;
+      const int64_t ix0 = ox * stride - pad;
+      const bool cols_inside = ix0 >= 0 && ix0 + kw <= W;
       for (int64_t dy = 0; dy < kh; ++dy) {
         const int64_t iy = oy * stride - pad + dy;
-        for (int64_t dx = 0; dx < kw; ++dx) {
-          const int64_t ix = ox * stride - pad + dx, t = dy * kw + dx;
-          uint64_t* d = dst + t * Cw;
+        uint64_t* d = dst + dy * kw * Cw;
+        if (cols_inside && iy >= 0 && iy < H) {  // a whole kernel row: kw adjacent NHWC pixels
+          const uint64_t* src = ap + ((n * H + iy) * W + ix0) * Cw;
+          for (int64_t q = 0; q < kw * Cw; ++q) d[q] = src[q];
+          continue;
+        }
+        for (int64_t dx = 0; dx < kw; ++dx, d += Cw) {
+          const int64_t ix = ix0 + dx;
           if (iy < 0 || iy >= H || ix < 0 || ix >= W) {
             for (int64_t q = 0; q < Cw; ++q) d[q] = 0;
-            pm |= 1u << t;
+            pm |= 1u << (dy * kw + dx);
           } else {
             const uint64_t* src = ap + ((n * H + iy) * W + ix) * Cw;
             for (int64_t q = 0; q < Cw; ++q) d[q] = src[q];
@@ -300,10 +325,7 @@ void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_
       const uint32_t pm = sc.mask[r];
       const int32_t kvalid = static_cast<int32_t>(C * (T - __builtin_popcount(pm)));
       int32_t* cr = sc.cnt.data() + r * OC;
-      for (uint32_t bits = pm; bits; bits &= bits - 1) {  // border pixel: drop padded taps
-        const int32_t* wt = wpc + __builtin_ctz(bits) * O + o0;
-        for (int64_t j = 0; j < Oc; ++j) cr[j] -= wt[j];
-      }
+      if (pm) drop_padded_taps(cr, pm, wpc + o0, O, Oc);
       finish_row(ep, m0 + r, sc.roff[r], o0, cr, kvalid, Oc, sc.gather.data());
     }
     clock.lap(kEpilogue);
