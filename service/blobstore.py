@@ -11,7 +11,10 @@ import hashlib
 import io
 import os
 import re
+import stat
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -56,6 +59,10 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+    def scan(self, written_before: float) -> Iterator[tuple[str, int]]:
+        """(key, size in bytes) of every blob last written before `written_before` (UNIX time)."""
+        ...
 
     def open(self, key: str) -> BinaryIO: ...
 
@@ -104,6 +111,18 @@ class LocalBlobStore:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
 
+    def scan(self, written_before: float) -> Iterator[tuple[str, int]]:
+        for path in self.root.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if not _KEY_RE.fullmatch(key):  # in-flight ".tmp-" files, stray names: not blobs
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # deleted while we walk
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < written_before:
+                yield key, st.st_size
+
     def open(self, key: str) -> BinaryIO:
         """A readable binary stream, for blobs too large to hold in memory at once."""
         try:
@@ -121,9 +140,11 @@ class MemoryBlobStore:
 
     def __init__(self) -> None:
         self._data: dict[str, bytes] = {}
+        self._written: dict[str, float] = {}
 
     def put(self, key: str, data: bytes) -> None:
         self._data[validate_key(key)] = bytes(data)
+        self._written[key] = time.time()
 
     def get(self, key: str) -> bytes:
         try:
@@ -136,6 +157,11 @@ class MemoryBlobStore:
 
     def delete(self, key: str) -> None:
         self._data.pop(validate_key(key), None)
+        self._written.pop(key, None)
+
+    def scan(self, written_before: float) -> Iterator[tuple[str, int]]:
+        old = [(k, len(v)) for k, v in self._data.items() if self._written[k] < written_before]
+        yield from old
 
     def open(self, key: str) -> BinaryIO:
         return io.BytesIO(self.get(key))

@@ -1,7 +1,7 @@
 """The `headhub` console script: run the service (whole or in parts) and talk to it.
 
-Server commands: `up` (everything, supervised), `api`, `migrate`; `extractor` and `worker` are
-mounted from their packages. Client commands (`upload`, `train`, `predict`, ...) live in
+Server commands: `up` (everything, supervised), `api`, `migrate`, `worker`, `gc`; `extractor` is
+mounted from its package. Client commands (`upload`, `train`, `predict`, ...) live in
 `service.client_cli`.
 """
 
@@ -101,6 +101,35 @@ def worker(
     except ImportError:  # pragma: no cover - logging setup is optional
         pass
     raise typer.Exit(run_worker(settings, concurrency=concurrency))
+
+
+@app.command(rich_help_panel=SERVER)
+def gc(
+    grace_minutes: Annotated[
+        float, typer.Option(min=0, help="keep blobs written more recently than this")
+    ] = 60.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="report, delete nothing")] = False,
+) -> None:
+    """Delete stored images and head files that no dataset or head version refers to."""
+    from service.blobstore import LocalBlobStore
+    from service.db import make_engine, make_sessionmaker
+    from service.gc import collect_garbage
+    from service.settings import get_settings
+
+    settings = get_settings()
+    assert settings.blob_dir is not None
+    report = collect_garbage(
+        make_sessionmaker(make_engine(settings.database_url)),
+        LocalBlobStore(settings.blob_dir),
+        grace_s=grace_minutes * 60,
+        dry_run=dry_run,
+    )
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(
+        f"{report.candidates} blobs older than {grace_minutes:g} min, "
+        f"{report.unreferenced} unreferenced: {verb} {report.unreferenced} "
+        f"({report.bytes_freed:,} bytes)"
+    )
 
 
 # `headhub extractor inspect|serve|train`: the extractor package owns its commands.
