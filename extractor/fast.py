@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -200,32 +202,46 @@ class _ReferenceLayoutConv(nn.Module):
     """A real conv computed exactly as the reference computes it (NCHW-contiguous input).
 
     These real values feed the next layer's sign, so their float rounding must be the reference's.
-    oneDNN picks its algorithm per shape and layout: channels-last input is ~7x faster for the
-    3-channel image stem, but gives different roundings for some shapes (e.g. a 1x1 256->512 conv
-    at batch >= 2, the tiny test stem at batch 1). So the image stem (<= 4 input channels) probes
-    each new input shape once on random data: channels-last is used for that shape only if it
-    reproduces the NCHW result bit for bit (different algorithms disagree on practically any
-    input of this size); every other conv always gets NCHW input.
+    oneDNN picks its algorithm per shape and layout: channels-last input can be several times
+    faster for the 3-channel image stem (or slower: it depends on the CPU and the batch size), but
+    gives different roundings for some shapes (e.g. a 1x1 256->512 conv at batch >= 2, the tiny
+    test stem at batch 1). So the image stem (<= 4 input channels) probes each new input shape
+    once on random data: channels-last is used for that shape only if it reproduces the NCHW
+    result bit for bit (different algorithms disagree on practically any input of this size) and
+    is the faster of the two there; every other conv always gets NCHW input.
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.conv = conv
         self.probe = conv.in_channels <= 4
-        self.channels_last_ok: dict[tuple[int, ...], bool] = {}
+        self.channels_last_ok: dict[tuple[int, ...], bool] = {}  # bit-identical to NCHW
+        self.channels_last_used: dict[tuple[int, ...], bool] = {}  # ... and faster
 
-    def _channels_last_matches(self, shape: tuple[int, ...]) -> bool:
-        ok = self.channels_last_ok.get(shape)
-        if ok is None:
+    def _use_channels_last(self, shape: tuple[int, ...]) -> bool:
+        use = self.channels_last_used.get(shape)
+        if use is None:
             x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-            cl = self.conv(x.contiguous(memory_format=torch.channels_last))
-            ok = self.channels_last_ok[shape] = torch.equal(cl, self.conv(x))
-        return ok
+            xcl = x.contiguous(memory_format=torch.channels_last)
+            ok = self.channels_last_ok[shape] = torch.equal(self.conv(xcl), self.conv(x))
+            use = self.channels_last_used[shape] = ok and _best_time(
+                lambda: self.conv(xcl)
+            ) < _best_time(lambda: self.conv(x))
+        return use
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.probe and self._channels_last_matches(tuple(x.shape)):
+        if self.probe and self._use_channels_last(tuple(x.shape)):
             return self.conv(x.contiguous(memory_format=torch.channels_last))
         return self.conv(ops.to_contiguous(x))
+
+
+def _best_time(f: Callable[[], object], reps: int = 3) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 class _FastAvgPool(nn.Module):
