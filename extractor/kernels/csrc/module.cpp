@@ -115,8 +115,9 @@ struct Epilogue {
 // Branch-free per element so it vectorizes; the compiler keeps the separate roundings
 // (-ffp-contract=off).
 template <bool S, bool B, bool R>
-__attribute__((always_inline)) inline void finish_row_t(const int32_t* cnt, int32_t kvalid, const float* scale, const float* bias,
-                  const float* res, float* out, int64_t n) {
+__attribute__((always_inline)) inline void finish_row_t(const int32_t* cnt, int32_t kvalid,
+                                                        const float* scale, const float* bias,
+                                                        const float* res, float* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     float y = static_cast<float>(kvalid - 2 * cnt[j]);
     if (S) y = y * scale[j];
@@ -145,8 +146,8 @@ HEADHUB_CLONES void drop_padded_taps(int32_t* cnt, uint32_t pm, const int32_t* w
 }
 
 // `roff`: element offset of output row m's pixel in the residual (its (n, y, x) under rs).
-HEADHUB_CLONES void finish_row(const Epilogue& e, int64_t m, int64_t roff, int64_t o0, const int32_t* cnt,
-                int32_t kvalid, int64_t n, float* gather) {
+HEADHUB_CLONES void finish_row(const Epilogue& e, int64_t m, int64_t roff, int64_t o0,
+                               const int32_t* cnt, int32_t kvalid, int64_t n, float* gather) {
   const float* s = e.scale ? e.scale + o0 : nullptr;
   const float* b = e.bias ? e.bias + o0 : nullptr;
   const float* r = nullptr;
@@ -253,7 +254,8 @@ void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_
   if (out.shape(0) != N || out.shape(1) != Ho || out.shape(2) != Wo || out.shape(3) != O)
     throw std::invalid_argument("out: expected (N, Ho, Wo, O)");
   const int64_t M = N * Ho * Wo;
-  Epilogue ep{optional_vec<float>(scale, "scale", O), optional_vec<float>(bias, "bias", O), nullptr, op, O};
+  Epilogue ep{optional_vec<float>(scale, "scale", O), optional_vec<float>(bias, "bias", O),
+              nullptr, op, O};
   if (!residual.is_none()) {  // any strides: NHWC rows, or an NCHW tensor viewed as NHWC
     auto r = residual.cast<py::array>();
     const py::ssize_t want[4] = {N, Ho, Wo, O};
