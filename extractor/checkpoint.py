@@ -192,11 +192,11 @@ def _fold_real_batch_norms(model: nn.Module) -> None:
     other). The folded network equals the trained one up to float rounding.
     """
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        for i in range(len(seq) - 1):
+        for i in reversed(range(len(seq) - 1)):  # back to front: deleting re-numbers the rest
             conv, bn = seq[i], seq[i + 1]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 seq[i] = fuse_conv_bn_eval(conv, bn)
-                seq[i + 1] = nn.Identity()
+                del seq[i + 1]
 
 
 def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT) -> LoadedExtractor:
