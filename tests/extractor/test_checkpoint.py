@@ -144,7 +144,8 @@ def test_default_checkpoint_is_a_labelled_small_checkpoint_of_the_default_arch()
         assert prov["teacher"] and prov["steps"] > 0 and prov["date"]
     assert DEFAULT_CHECKPOINT.stat().st_size < 2_000_000
     info = loaded.info()
-    assert info["feature_dim"] == 512 and info["input_size"] == [3, 112, 112]
+    grid = loaded.metadata["config"].get("feature_grid", 1)
+    assert info["feature_dim"] == 512 * grid**2 and info["input_size"] == [3, 112, 112]
     assert info["float32_bytes"] > 15 * info["size_bytes"]
     x = torch.randn(4, 3, 112, 112)
     floats, bits = loaded.extract(x)
