@@ -52,8 +52,8 @@ def fit(
     `data` is (x_train, y_train, x_val, y_val); with an empty validation part the training loss
     decides the best epoch. Weight decay (decoupled, AdamW) applies to `decay_parameters()` only,
     never to biases or scales. A model with `constrain_` (the binary head) gets it after each step.
-    `monitor="top1"` picks the best epoch by validation accuracy instead of loss: the binary head's
-    loss mostly tracks its growing scale, which calibration refits afterwards anyway.
+    `monitor="top1"` picks the best epoch by validation accuracy instead of loss, each example
+    weighted by its class weight as in the loss (so balanced accuracy under `class_balance`).
     """
     x_tr, y_tr, x_val, y_val = data
     opt = AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -89,7 +89,12 @@ def fit(
             val_top1 = topk_accuracy(logits, y_val, 1)
             entry["val_loss"] = round(val_loss, 6)
             entry["val_top1"] = round(val_top1, 6)
-            monitored = -val_top1 if monitor == "top1" else val_loss
+            if monitor == "top1":  # weighted like the loss: balanced accuracy with class_balance
+                w = torch.ones(len(y_val)) if class_weights is None else class_weights[y_val]
+                hit = (logits.argmax(dim=1) == y_val).float()
+                monitored = -float((w * hit).sum() / w.sum())
+            else:
+                monitored = val_loss
         else:
             monitored = train_loss
             entry["val_top1"] = None

@@ -30,6 +30,8 @@ class _Common(BaseModel):
     weight_decay: float = Field(1e-4, ge=0.0, le=10.0)
     # Weight each class's loss by N / (C * n_c) so a rare label is not drowned out.
     class_balance: bool = True
+    # What picks the best epoch on the validation split (early stopping and the weights kept).
+    monitor: Literal["top1", "loss"] = "loss"
 
 
 class FloatParams(_Common):
@@ -40,6 +42,10 @@ class FloatParams(_Common):
 
     # Train on z-scored features; the scaling is folded back into (weight, bias) on export.
     standardize: bool = True
+    # Validation accuracy, not log-loss: with hundreds of features and few images the loss is
+    # lowest after an epoch or two, long before accuracy peaks, as the head grows confident
+    # (Fashion-MNIST, 100 images per class, 2,048 features: 67% stopping on loss, 77% on top-1).
+    monitor: Literal["top1", "loss"] = "top1"
 
 
 class BinaryParams(_Common):
@@ -50,6 +56,8 @@ class BinaryParams(_Common):
     weight_decay: float = Field(0.0, ge=0.0, le=10.0)
     # Refit the per-class (scale, bias) by L-BFGS with the binary weights frozen (convex).
     calibrate: bool = True
+    # The loss mostly tracks the growing scale, which calibration refits afterwards anyway.
+    monitor: Literal["top1", "loss"] = "top1"
 
 
 class MlpParams(_Common):

@@ -87,7 +87,7 @@ def train_head(
         generator,
         progress_cb,
         should_stop,
-        monitor="top1" if head_type == "binary" else "loss",
+        monitor=cfg.monitor,
     )
     if isinstance(model, BinaryHead) and isinstance(cfg, BinaryParams) and cfg.calibrate:
         _calibrate(model, x_tr, y_tr, weights_c)

@@ -113,15 +113,16 @@ def test_class_balancing_raises_recall_of_a_rare_label() -> None:
     x = x.astype(np.float32)
     y = np.array([0] * n_major + [1] * n_minor)
     bits = np.packbits((x >= 0).astype(np.uint8), axis=1, bitorder="little")
-    recall = {}
-    for balance in (True, False):
-        p = {**FAST, "class_balance": balance}
-        head = train_head(
-            "float", x, bits, y, ["common", "rare"], p, seed=0, validation_fraction=0.5
-        )
-        recall[balance] = head.metrics["per_class"]["rare"]["recall"]
-    assert recall[True] >= 0.6
-    assert recall[True] > recall[False] + 0.2
+    for monitor in ("loss", "top1"):  # whichever metric picks the epoch, weighted alike
+        recall = {}
+        for balance in (True, False):
+            p = {**FAST, "class_balance": balance, "monitor": monitor}
+            head = train_head(
+                "float", x, bits, y, ["common", "rare"], p, seed=0, validation_fraction=0.5
+            )
+            recall[balance] = head.metrics["per_class"]["rare"]["recall"]
+        assert recall[True] >= 0.6
+        assert recall[True] > recall[False] + 0.15
 
 
 def test_validation_split_is_stratified_and_keeps_singletons_in_training() -> None:
