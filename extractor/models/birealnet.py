@@ -8,12 +8,12 @@ Bannink et al., "Larq Compute Engine" / QuickNet 2021 (real stem and real downsa
     stage:  avgpool 2x2 -> conv1x1 (real) -> BN, then `depth` Bi-Real blocks:
             x + BN(conv3x3(sign(x + b), sign(W) * alpha))                     # alpha = mean|W_o|
     final:  BN -> PReLU -> average pool to a g x g grid -> BN (no affine)     # (B, widths[-1]*g*g)
-            g = feature_grid: 1 is the global average pool; 2 keeps where in the image (which
-            quadrant) a feature fired, four times the dimensions, for more linearly separable
-            features from a small binary network (spatial pyramid pooling, Lazebnik et al. 2006).
+            g = feature_grid: 1 (the default) is the global average pool; 2 keeps which quadrant
+            of the image a feature fired in, at four times the dimensions (as spatial pyramid
+            pooling does, Lazebnik et al. 2006); measured in docs/distillation.md ("Feature grid").
             The last BN centres each feature on its running mean, so the sign bits that feed a
             binary last layer (the paper's (a)) split about evenly instead of being almost all +1.
-    head:   Linear(widths[-1], num_classes), only for pretraining/distillation
+    head:   Linear(feature_dim, num_classes), only for pretraining/distillation
 """
 
 from __future__ import annotations
