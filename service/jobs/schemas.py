@@ -37,7 +37,8 @@ class JobCreate(BaseModel):
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="Trainer hyper-parameters (epochs, patience, batch_size, lr, weight_decay, "
-        "class_balance; standardize for float/mlp; hidden for mlp; calibrate for binary). "
+        "class_balance, monitor: `top1` or `loss` picks the best epoch on the validation split; "
+        "standardize for float/mlp; hidden for mlp; calibrate for binary). "
         "Unknown keys are refused.",
     )
     priority: int = Field(0, ge=-10, le=10, description="Order among this tenant's own jobs.")
