@@ -56,19 +56,19 @@ def time_forward(
     return x.shape[0] * len(laps) / sum(laps), statistics.median(laps)
 
 
-def _teacher() -> tuple[torch.nn.Module | None, int]:
-    """The distillation teacher (pretrained when its weights package is installed) and its
-    parameter count without the 1000-class classifier; (None, 0) without the distill extra."""
+def load_bench_teacher() -> tuple[torch.nn.Module | None, str]:
+    """The distillation teacher (pretrained when its weights package is installed, else the same
+    architecture randomly initialised: identical cost) and a note saying which; None without the
+    distill extra."""
     try:
         from extractor.teacher import EfficientNetLite0, load_teacher
-    except ImportError:
-        return None, 0
+    except ImportError as exc:
+        return None, f"absent ({exc})"
     try:
-        model = load_teacher()
-    except Exception:  # weights package missing: same architecture, same cost
-        model = EfficientNetLite0().eval()
-    n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("_fc"))
-    return model.requires_grad_(False), n
+        return load_teacher(), "EfficientNet-Lite0, pretrained weights"
+    except Exception as exc:  # weights package not installed: the cost does not depend on them
+        model = EfficientNetLite0().eval().requires_grad_(False)
+        return model, f"EfficientNet-Lite0, random init (weights unavailable: {type(exc).__name__})"
 
 
 def cpu_name() -> str:
@@ -106,7 +106,12 @@ def main(argv: list[str] | None = None) -> None:
         p.numel() for n, p in float_model.named_parameters() if not n.startswith("head")
     )
     sizes = {name: tuple(loaded.pretrained_cfg["input_size"]) for name in paths}
-    teacher, teacher_params = _teacher()
+    teacher, _ = load_bench_teacher()
+    teacher_params = 0  # without its 1000-class classifier
+    if teacher is not None:
+        teacher_params = sum(
+            p.numel() for name, p in teacher.named_parameters() if not name.startswith("_fc")
+        )
     if teacher is not None:
         paths[TEACHER] = teacher.forward_features  # type: ignore[assignment]
         sizes[TEACHER] = (3, 224, 224)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.extractor_bench import cpu_name
+from bench.extractor_bench import cpu_name, load_bench_teacher
 from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from extractor.fast import FastBinaryLayer, FastExtractor, build_fast_model
 from extractor.inference import keep_freed_memory
@@ -41,18 +41,6 @@ Forward = Callable[[Tensor], Tensor]
 # Per-layer clock: with one thread all work is on the calling thread, and its CPU time is immune
 # to other processes' load; with more threads only wall time covers the workers.
 _clock = time.perf_counter
-
-
-def _teacher() -> tuple[nn.Module | None, str]:
-    try:
-        from extractor.teacher import EfficientNetLite0, load_teacher
-    except ImportError as exc:
-        return None, f"absent ({exc})"
-    try:
-        return load_teacher(), "EfficientNet-Lite0, pretrained weights"
-    except Exception as exc:  # weights package not installed: the cost does not depend on them
-        model = EfficientNetLite0().eval().requires_grad_(False)
-        return model, f"EfficientNet-Lite0, random init (weights unavailable: {type(exc).__name__})"
 
 
 def round_robin(
@@ -230,7 +218,7 @@ def run(args: argparse.Namespace) -> str:
     loaded = load_checkpoint(args.checkpoint)
     fast = build_fast_model(loaded)
     ref_model = loaded.model
-    teacher, teacher_note = _teacher()
+    teacher, teacher_note = load_bench_teacher()
     size = loaded.pretrained_cfg["input_size"][-1]
     load0 = os.getloadavg()
     lines = [

@@ -370,7 +370,7 @@ class BinaryConvPlan:
         _check(weight.words.shape[1] == kh * kw * words_for(c), "weight does not fit the input")
         ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
         _check(ho > 0 and wo > 0, "input smaller than the kernel")
-        self.shape, self.weight = shape, weight
+        self.weight = weight
         self.geometry = (c, kh, kw, stride, padding)
         self.bits = alloc("bits", (n, h, w, words_for(c)), torch.int64)
         self.out = alloc("out", (n, ho, wo, o), torch.float32)
@@ -388,7 +388,7 @@ class BinaryConvPlan:
     def __call__(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """sign(x + t) packed, then residual + (dot * scale + bias); x float32 of `shape`."""
         assert _native is not None
-        nt = torch.get_num_threads()
+        nt = _threads()
         xs = x.permute(0, 2, 3, 1).numpy()  # any memory format: the kernels read strides
         _native.pack(xs, self._t, self._bits, nt)
         res = None
