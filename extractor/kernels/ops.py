@@ -376,6 +376,7 @@ class BinaryConvPlan:
         self.out = alloc("out", (n, ho, wo, o), torch.float32)
         self.result = self.out.permute(0, 3, 1, 2)  # (N, O, Ho, Wo), channels-last memory
         self.macs = n * ho * wo * o * c * kh * kw
+        self._alloc, self._nhwc = alloc, None
         self._bits, self._out = self.bits.numpy(), self.out.numpy()
         self._w = weight.words.numpy()
         self._tap_pc = weight.tap_popcounts(kh * kw)
@@ -390,15 +391,32 @@ class BinaryConvPlan:
         assert _native is not None
         nt = _threads()
         xs = x.permute(0, 2, 3, 1).numpy()  # any memory format: the kernels read strides
-        _native.pack(xs, self._t, self._bits, nt)
         res = None
-        if residual is not None:
-            res = xs if residual is x else residual.permute(0, 2, 3, 1).numpy()
+        if residual is x and self._transpose_residual(x):
+            # NCHW x (a real conv's output): one pass writes the bits and a channels-last copy,
+            # so the epilogue reads each pixel's residual row contiguously
+            res = self._copy_nhwc(x)
+            _native.pack(xs, self._t, self._bits, nt, res)
+        else:
+            _native.pack(xs, self._t, self._bits, nt)
+            if residual is not None:
+                res = xs if residual is x else residual.permute(0, 2, 3, 1).numpy()
         _native.conv(
             self._bits, self._w, self.weight.native(), self._tap_pc, *self.geometry,
             self._scale, self._bias, res, self._out, nt,
         )  # fmt: skip
         return self.result
+
+    @staticmethod
+    def _transpose_residual(x: Tensor) -> bool:
+        """x is NCHW-contiguous with more than one pixel (channels-last memory is not)."""
+        return x.is_contiguous() and x.shape[2] * x.shape[3] > 1
+
+    def _copy_nhwc(self, x: Tensor) -> Any:
+        if self._nhwc is None:
+            n, c, h, w = x.shape
+            self._nhwc = self._alloc("nhwc", (n, h, w, c), torch.float32).numpy()
+        return self._nhwc
 
 
 # ---- binary linear -----------------------------------------------------------------------------

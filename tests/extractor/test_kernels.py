@@ -116,6 +116,37 @@ def test_binary_conv_equals_float_conv_of_signs(variant: str, case: dict) -> Non
     assert torch.equal(got, want)
 
 
+@pytest.mark.skipif(not NATIVE, reason="compiled kernels not built")
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.sampled_from([1, 3, 16, 17, 48, 64, 80, 130]),  # 16-channel tiles and the scalar rest
+    hw=st.tuples(st.integers(1, 9), st.integers(1, 9)),  # 16-pixel tiles with partial ones
+    channels_last=st.booleans(),
+    threshold=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_conv_plan_with_its_input_as_residual(
+    n: int, c: int, hw: tuple[int, int], channels_last: bool, threshold: bool, seed: int
+) -> None:
+    """A Bi-Real block: NCHW input is packed and copied channels-last in one pass, then reused."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, *hw, generator=g)
+    x[x.abs() < 0.3] = 0.0
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    t = torch.randn(c, generator=g) * 0.5 if threshold else None
+    wt = sign(torch.randn(c, c, 3, 3, generator=g))
+    scale, bias = torch.rand(c, generator=g) + 0.1, torch.randn(c, generator=g)
+    plan = ops.BinaryConvPlan(
+        ops.PreparedWeight(ops.pack_conv_weight(wt)), tuple(x.shape), (3, 3), 1, 1, t, scale, bias
+    )
+    for _ in range(2):  # the second call reuses the plan's buffers
+        got = plan(x, residual=x)
+        assert torch.equal(got, _reference_conv(x, t, wt, 1, 1, scale, bias, x))
+        assert torch.equal(plan.bits, ops.pack_nchw(x, t))
+
+
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -115,7 +115,119 @@ void pack_nhwc(const float* x, const int64_t* shape, const int64_t* st, const fl
   }
 }
 
-void py_pack(py::array x, py::object threshold, py::array out, int threads) {
+// ---- NCHW -> channels-last copy + packing -------------------------------------------------------
+
+// The first Bi-Real block of a stage gets the NCHW output of a real conv; it needs the sign bits
+// of x and, in its epilogue, x itself as the residual, one output pixel (row of channels) at a
+// time. One pass over x writes both: tiles of 16 pixels x 16 channels are transposed in
+// registers, stored as channels-last rows and compared to give 16 sign bits per pixel. Reading
+// NCHW per pixel instead costs a cache line per channel, in packing and again in the epilogue.
+// Pixels [p0, p0 + P) of one image; planes of HW floats, C channels; copy rows of C floats.
+void transpose_pack_tile_scalar(const float* x, int64_t HW, int64_t C, int64_t P, const float* t,
+                                float* copy, uint64_t* bits) {
+  const int64_t Cw = (C + 63) / 64;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = 0; k < P; ++k) copy[k * C + c] = x[c * HW + k];
+  for (int64_t k = 0; k < P; ++k)
+    for (int64_t q = 0; q < Cw; ++q) {
+      uint64_t w = 0;
+      for (int64_t c = q * 64; c < std::min(C, q * 64 + 64); ++c) {
+        const float v = t ? copy[k * C + c] + t[c] : copy[k * C + c];
+        w |= uint64_t(v >= 0.0f) << (c - q * 64);
+      }
+      bits[k * Cw + q] = w;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12's AVX-512 intrinsics pass undefined vectors as merge sources and then warn under -O3.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// r[i] = row i of a 16x16 tile -> r[j] = column j (unpack, in-lane shuffle, two lane shuffles).
+__attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
+  __m512 u[16];
+  for (int i = 0; i < 16; i += 2) {
+    u[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    u[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 16; g += 4) {  // r[g + j], 128-bit lane L: rows g..g+3 of column 4L + j
+    r[g + 0] = _mm512_shuffle_ps(u[g], u[g + 2], 0x44);
+    r[g + 1] = _mm512_shuffle_ps(u[g], u[g + 2], 0xEE);
+    r[g + 2] = _mm512_shuffle_ps(u[g + 1], u[g + 3], 0x44);
+    r[g + 3] = _mm512_shuffle_ps(u[g + 1], u[g + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512 a0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+    const __m512 a1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+    const __m512 b0 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    const __m512 b1 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    u[j] = _mm512_shuffle_f32x4(a0, b0, 0x88);
+    u[4 + j] = _mm512_shuffle_f32x4(a1, b1, 0x88);
+    u[8 + j] = _mm512_shuffle_f32x4(a0, b0, 0xDD);
+    u[12 + j] = _mm512_shuffle_f32x4(a1, b1, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = u[i];
+}
+
+// C a multiple of 16, 1 <= P <= 16. (x + t) >= 0 as an ordered compare, as in pack_row_avx2.
+__attribute__((target("avx512f"))) void transpose_pack_tile_avx512(const float* x, int64_t HW,
+                                                                   int64_t C, int64_t P,
+                                                                   const float* t, float* copy,
+                                                                   uint64_t* bits) {
+  const int64_t Cw = (C + 63) / 64;
+  const __mmask16 pm = static_cast<__mmask16>((1u << P) - 1);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t q = 0; q < Cw; ++q) {
+    uint64_t w[16] = {0};
+    for (int64_t c0 = q * 64; c0 < std::min(C, q * 64 + 64); c0 += 16) {
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_maskz_loadu_ps(pm, x + (c0 + i) * HW);
+      transpose16(r);
+      const __m512 tv = t ? _mm512_loadu_ps(t + c0) : zero;
+      for (int64_t k = 0; k < P; ++k) {
+        _mm512_storeu_ps(copy + k * C + c0, r[k]);
+        const __m512 v = t ? _mm512_add_ps(r[k], tv) : r[k];
+        w[k] |= uint64_t(_mm512_cmp_ps_mask(v, zero, _CMP_GE_OQ)) << (c0 - q * 64);
+      }
+    }
+    for (int64_t k = 0; k < P; ++k) bits[k * Cw + q] = w[k];
+  }
+}
+#pragma GCC diagnostic pop
+const bool g_avx512 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}();
+#else
+const bool g_avx512 = false;
+void transpose_pack_tile_avx512(const float*, int64_t, int64_t, int64_t, const float*, float*,
+                                uint64_t*) {}
+#endif
+
+// x: N NCHW-contiguous images of C planes of HW floats; copy: (N, HW, C); out: (N, HW, Cw).
+void transpose_pack(const float* x, int64_t N, int64_t C, int64_t HW, const float* t, float* copy,
+                    uint64_t* out, int nt) {
+  const int64_t Cw = (C + 63) / 64, tiles = (HW + 15) / 16;
+  const bool vec = g_avx512 && C % 16 == 0;
+#pragma omp parallel num_threads(nt) if (N * HW * C > 65536)
+  {
+  PhaseClock clock;
+#pragma omp for schedule(static) collapse(2) nowait
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int64_t p0 = tile * 16, P = std::min<int64_t>(16, HW - p0);
+      const float* xp = x + n * C * HW + p0;
+      float* cp = copy + (n * HW + p0) * C;
+      uint64_t* op = out + (n * HW + p0) * Cw;
+      if (vec) transpose_pack_tile_avx512(xp, HW, C, P, t, cp, op);
+      else transpose_pack_tile_scalar(xp, HW, C, P, t, cp, op);
+    }
+  clock.lap(kPack);
+  }
+}
+
+void py_pack(py::array x, py::object threshold, py::array out, int threads, py::object copy) {
   if (x.ndim() != 4 || x.itemsize() != 4 || !py::isinstance<py::array_t<float>>(x))
     throw std::invalid_argument("x: float32 (N, H, W, C) view expected");
   int64_t shape[4], st[4];
@@ -131,6 +243,17 @@ void py_pack(py::array x, py::object threshold, py::array out, int threads) {
   if (out.shape(3) != (shape[3] + 63) / 64) throw std::invalid_argument("out: last dim ceil(C/64)");
   const int nt = threads_for(threads);
   const float* xp = static_cast<const float*>(x.data());
+  if (!copy.is_none()) {
+    auto ca = copy.cast<py::array>();
+    float* cp = data_of<float>(ca, "copy", 4);
+    for (int i = 0; i < 4; ++i)
+      if (ca.shape(i) != shape[i]) throw std::invalid_argument("copy: expected (N, H, W, C)");
+    const int64_t HW = shape[1] * shape[2];
+    if (st[3] != HW || st[1] != shape[2] || st[2] != 1 || st[0] != shape[3] * HW)
+      throw std::invalid_argument("copy: x must be an NCHW-contiguous tensor viewed as NHWC");
+    py::gil_scoped_release nogil;
+    return transpose_pack(xp, shape[0], shape[3], HW, t, cp, op, nt);
+  }
   py::gil_scoped_release nogil;
   pack_nhwc(xp, shape, st, t, op, nt);
 }
@@ -203,7 +326,10 @@ void py_avgpool(py::array x, int64_t k, int64_t stride, py::array out, int threa
 }  // namespace
 
 void register_layout_ops(py::module_& m) {
-  m.def("pack", &py_pack, py::arg("x"), py::arg("threshold"), py::arg("out"), py::arg("threads"));
+  m.def("pack", &py_pack, py::arg("x"), py::arg("threshold"), py::arg("out"), py::arg("threads"),
+        py::arg("copy") = py::none(),
+        "sign(x + threshold) bits of an (N, H, W, C) view; with `copy`, x must be NCHW-contiguous "
+        "and copy receives it in channels-last order, in the same pass");
   m.def("avgpool", &py_avgpool, py::arg("x"), py::arg("k"), py::arg("stride"), py::arg("out"),
         py::arg("threads"), "k x k average pool, no padding, into NCHW-contiguous output");
 }
