@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from extractor.kernels import ops
@@ -208,7 +209,8 @@ class _ReferenceLayoutConv(nn.Module):
     test stem at batch 1). So the image stem (<= 4 input channels) probes each new input shape
     once on random data: channels-last is used for that shape only if it reproduces the NCHW
     result bit for bit (different algorithms disagree on practically any input of this size) and
-    is the faster of the two there; every other conv always gets NCHW input.
+    is the faster of the two there, the copy of the NCHW input included; every other conv always
+    gets NCHW input.
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -225,7 +227,7 @@ class _ReferenceLayoutConv(nn.Module):
             xcl = x.contiguous(memory_format=torch.channels_last)
             ok = self.channels_last_ok[shape] = torch.equal(self.conv(xcl), self.conv(x))
             use = self.channels_last_used[shape] = ok and _best_time(
-                lambda: self.conv(xcl)
+                lambda: self.conv(x.contiguous(memory_format=torch.channels_last))
             ) < _best_time(lambda: self.conv(x))
         return use
 
@@ -249,6 +251,8 @@ class _FastAvgPool(nn.Module):
 
     Same sums in the same order and one division as ATen (`ops.avg_pool2d`), so identical values;
     ATen's NCHW kernel is ~30x slower here and its channels-last one would need two copies.
+    `prelu`, when set, holds the weights of a PReLU that ran just before and now runs inside the
+    pool (`_fuse_stem_prelu`).
     """
 
     def __init__(self, pool: nn.AvgPool2d, workspace: Workspace) -> None:
@@ -257,6 +261,7 @@ class _FastAvgPool(nn.Module):
         self.kernel = _single(pool.kernel_size)
         self.stride = _single(pool.stride or pool.kernel_size)
         self.workspace = workspace
+        self.register_buffer("prelu", None)
 
     @staticmethod
     def supports(pool: nn.AvgPool2d) -> bool:
@@ -265,12 +270,27 @@ class _FastAvgPool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if ops.backend() != "native":
-            return self.pool(x)
+            return self.pool(x if self.prelu is None else F.prelu(x, self.prelu))
         n, c, h, w = x.shape
         ceil = bool(self.pool.ceil_mode)
         shape = (n, c, *(ops.pooled_size(v, self.kernel, self.stride, ceil) for v in (h, w)))
         buf = self.workspace.take(self, "out", shape, torch.float32)
-        return ops.avg_pool2d(x, self.kernel, self.stride, ceil, out=buf)
+        return ops.avg_pool2d(x, self.kernel, self.stride, ceil, out=buf, prelu=self.prelu)
+
+
+def _fuse_stem_prelu(model: nn.Module) -> None:
+    """Bi-Real's stem ends in a per-channel PReLU whose output only the first stage's average
+    pool reads: the pool applies it while summing, which saves writing and re-reading the
+    network's largest activation (B x 32 x 56 x 56 floats)."""
+    stem, stages = getattr(model, "stem", None), getattr(model, "stages", None)
+    if not isinstance(stem, nn.Sequential) or not isinstance(stages, nn.Sequential):
+        return
+    act, first = stem[-1], stages[0]
+    while isinstance(first, nn.Sequential):  # stage 0 -> its downsample -> the pool
+        first = first[0]
+    if isinstance(act, nn.PReLU) and act.num_parameters > 1 and isinstance(first, _FastAvgPool):
+        first.prelu = act.weight.detach().float().contiguous()
+        stem[-1] = nn.Identity()
 
 
 def _single(v: int | tuple[int, ...]) -> int:
@@ -327,6 +347,7 @@ def build_fast_model(loaded: object) -> FastExtractor:
     fast = copy.deepcopy(model).eval().requires_grad_(False)
     if _swap(fast, Workspace()) == 0:
         raise ValueError("no binary layer with sign inputs found: nothing to accelerate")
+    _fuse_stem_prelu(fast)
     final = getattr(fast, "final", None)
     if isinstance(final, nn.Module):  # Bi-Real: (B, C, S/32, S/32) is tiny, the copy is free
         fast.final = nn.Sequential(_Contiguous(), final)

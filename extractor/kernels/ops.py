@@ -137,22 +137,32 @@ def pooled_size(size: int, kernel: int, stride: int, ceil_mode: bool) -> int:
 
 
 def avg_pool2d(
-    x: Tensor, kernel: int, stride: int, ceil_mode: bool, out: Tensor | None = None
+    x: Tensor,
+    kernel: int,
+    stride: int,
+    ceil_mode: bool,
+    out: Tensor | None = None,
+    prelu: Tensor | None = None,
 ) -> Tensor:
     """Unpadded average pool (count = valid elements), any memory format -> NCHW-contiguous.
 
     Values equal `F.avg_pool2d(x, kernel, stride, 0, ceil_mode, count_include_pad=False)`:
-    the same float sum order and one division.
+    the same float sum order and one division. With `prelu` (C weights) it pools `F.prelu(x,
+    prelu)` without materializing it.
     """
     _check(x.dim() == 4, "avg_pool2d: (N, C, H, W) expected")
     n, c, h, w = x.shape
     ho, wo = (pooled_size(s, kernel, stride, ceil_mode) for s in (h, w))
     _check(ho > 0 and wo > 0, "input smaller than the pooling window")
+    _check(prelu is None or prelu.shape == (c,), "prelu weights must have shape (C,)")
     if _native is None or x.dtype != torch.float32:
+        if prelu is not None:
+            x = F.prelu(x, prelu)
         y = F.avg_pool2d(x, kernel, stride, 0, ceil_mode, count_include_pad=False)
         return y.contiguous()
     out = _out(out, (n, c, ho, wo), torch.float32)
-    _native.avgpool(x.numpy(), kernel, stride, out.numpy(), _threads())
+    a = None if prelu is None else prelu.detach().float().contiguous().numpy()
+    _native.avgpool(x.numpy(), kernel, stride, out.numpy(), _threads(), a)
     return out
 
 

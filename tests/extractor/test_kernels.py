@@ -182,18 +182,21 @@ def test_feature_bytes_view_as_kernel_words() -> None:
     shape=st.tuples(st.integers(1, 3), st.integers(1, 70), st.integers(1, 9), st.integers(1, 9)),
     channels_last=st.booleans(),
     ceil_mode=st.booleans(),
+    prelu=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_avg_pool_equals_torch_bit_for_bit(
-    shape: tuple[int, int, int, int], channels_last: bool, ceil_mode: bool, seed: int
+    shape: tuple[int, int, int, int], channels_last: bool, ceil_mode: bool, prelu: bool, seed: int
 ) -> None:
     if shape[2] < 2 or shape[3] < 2:
         return
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 10
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g) * 10
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    want = F.avg_pool2d(x, 2, 2, 0, ceil_mode, count_include_pad=False)
-    got = ops.avg_pool2d(x, 2, 2, ceil_mode)
+    a = torch.rand(shape[1], generator=g) - 0.5 if prelu else None  # fused PReLU(x) first
+    want = F.avg_pool2d(x if a is None else F.prelu(x, a), 2, 2, 0, ceil_mode, False)
+    got = ops.avg_pool2d(x, 2, 2, ceil_mode, prelu=a)
     assert got.is_contiguous()
     assert torch.equal(got, want)
 

@@ -49,6 +49,15 @@ inline int threads_for(int requested) {
 
 void register_layout_ops(py::module_& m);  // layout.cpp
 
+// Loops that run once per activation value are cloned per ISA (ifunc dispatch when the module
+// loads): 512/256-bit vectors where the CPU has them although the build has no -march. Still no
+// FMA: -ffp-contract=off keeps y * scale + bias two roundings, as in torch.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HEADHUB_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HEADHUB_CLONES
+#endif
+
 // Optional per-phase kernel time for the benchmark's "where the time goes" (`_bitops.profile`),
 // summed over threads. Off by default; when on, two clock reads per phase per work item.
 enum Phase { kPack, kIm2col, kGemm, kEpilogue, kPhases };

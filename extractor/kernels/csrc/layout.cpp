@@ -264,7 +264,40 @@ void py_pack(py::array x, py::object threshold, py::array out, int threads, py::
 // count_include_pad=False; ceil_mode windows are clipped), from any NCHW-ordered strided view
 // into NCHW-contiguous output. Same arithmetic as ATen's kernels: a float sum from 0 in (ih, iw)
 // order, then one division by the count, so the values are identical.
-void py_avgpool(py::array x, int64_t k, int64_t stride, py::array out, int threads) {
+// ATen's PReLU (v > 0 ? v : a * v), both sides computed and selected by a bit mask, so that the
+// loops below vectorize instead of branching on the sign of each value.
+inline float prelu_of(float v, float a) {
+  const uint32_t keep = 0u - static_cast<uint32_t>(v > 0.0f);
+  const uint32_t bits = (__builtin_bit_cast(uint32_t, v) & keep) |
+                        (__builtin_bit_cast(uint32_t, a * v) & ~keep);
+  return __builtin_bit_cast(float, bits);
+}
+
+// One output row of 2x2 stride-2 windows from input rows r0, r1 (contiguous), optionally of
+// PReLU(x) with weight a: the same (0 + x00 + x01 + x10 + x11) / 4 as ATen, vectorized over ow.
+template <bool P>
+HEADHUB_CLONES void pool2x2_row(const float* r0, const float* r1, float a, float* o, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    float s = 0.0f;
+    s += P ? prelu_of(r0[2 * j], a) : r0[2 * j];
+    s += P ? prelu_of(r0[2 * j + 1], a) : r0[2 * j + 1];
+    s += P ? prelu_of(r1[2 * j], a) : r1[2 * j];
+    s += P ? prelu_of(r1[2 * j + 1], a) : r1[2 * j + 1];
+    o[j] = s / 4.0f;
+  }
+}
+
+// sum[c] += PReLU(x[c]) with weights a: both sides computed, then selected (no branch per sign).
+HEADHUB_CLONES void add_prelu_row(float* sum, const float* x, const float* a, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    sum[c] += prelu_of(x[c], a[c]);
+  }
+}
+
+// With `prelu` weights a (one per channel), each input v is first PReLU(v) = v > 0 ? v : a * v,
+// ATen's formula (one rounding), so pool(prelu(x)) is computed without writing prelu(x).
+void py_avgpool(py::array x, int64_t k, int64_t stride, py::array out, int threads,
+                py::object prelu) {
   if (x.ndim() != 4 || x.itemsize() != 4 || !py::isinstance<py::array_t<float>>(x))
     throw std::invalid_argument("x: float32 (N, C, H, W) view expected");
   int64_t st[4];
@@ -278,6 +311,7 @@ void py_avgpool(py::array x, int64_t k, int64_t stride, py::array out, int threa
   if (out.shape(0) != N || out.shape(1) != C || k < 1 || stride < 1 || (Ho - 1) * stride >= H ||
       (Wo - 1) * stride >= W)
     throw std::invalid_argument("out: bad pooled shape");
+  const float* a = optional_vec<float>(prelu, "prelu", C);
   const float* xp = static_cast<const float*>(x.data());
   const int nt = threads_for(threads);
   py::gil_scoped_release nogil;
@@ -297,7 +331,11 @@ void py_avgpool(py::array x, int64_t k, int64_t stride, py::array out, int threa
           for (int64_t ih = h0; ih < h1; ++ih)
             for (int64_t iw = w0; iw < w1; ++iw) {
               const float* px = xp + n * st[0] + ih * st[2] + iw * st[3];
-              for (int64_t c = 0; c < C; ++c) sp[c] += px[c];
+              if (a) {
+                add_prelu_row(sp, px, a, C);
+              } else {
+                for (int64_t c = 0; c < C; ++c) sp[c] += px[c];
+              }
             }
           float* o = op + (n * C * Ho + oh) * Wo + ow;
           for (int64_t c = 0; c < C; ++c) o[c * Ho * Wo] = sp[c] / count;
@@ -310,14 +348,26 @@ void py_avgpool(py::array x, int64_t k, int64_t stride, py::array out, int threa
   for (int64_t nc = 0; nc < N * C; ++nc) {  // any other layout: one plane at a time
     const int64_t n = nc / C, c = nc % C;
     const float* base = xp + n * st[0] + c * st[1];
+    const float ac = a ? a[c] : 1.0f;
     for (int64_t oh = 0; oh < Ho; ++oh) {
       const int64_t h0 = oh * stride, h1 = std::min(H, h0 + k);
-      for (int64_t ow = 0; ow < Wo; ++ow) {
+      float* o = op + (nc * Ho + oh) * Wo;
+      int64_t ow = 0;
+      if (k == 2 && stride == 2 && st[3] == 1 && h1 - h0 == 2) {  // whole 2x2 windows, vectorized
+        const int64_t full = W / 2;
+        if (a) pool2x2_row<true>(base + h0 * st[2], base + (h0 + 1) * st[2], ac, o, full);
+        else pool2x2_row<false>(base + h0 * st[2], base + (h0 + 1) * st[2], ac, o, full);
+        ow = full;
+      }
+      for (; ow < Wo; ++ow) {
         const int64_t w0 = ow * stride, w1 = std::min(W, w0 + k);
         float sum = 0.0f;
         for (int64_t ih = h0; ih < h1; ++ih)
-          for (int64_t iw = w0; iw < w1; ++iw) sum += base[ih * st[2] + iw * st[3]];
-        op[(nc * Ho + oh) * Wo + ow] = sum / static_cast<float>((h1 - h0) * (w1 - w0));
+          for (int64_t iw = w0; iw < w1; ++iw) {
+            const float v = base[ih * st[2] + iw * st[3]];
+            sum += a ? prelu_of(v, ac) : v;
+          }
+        o[ow] = sum / static_cast<float>((h1 - h0) * (w1 - w0));
       }
     }
   }
@@ -331,7 +381,8 @@ void register_layout_ops(py::module_& m) {
         "sign(x + threshold) bits of an (N, H, W, C) view; with `copy`, x must be NCHW-contiguous "
         "and copy receives it in channels-last order, in the same pass");
   m.def("avgpool", &py_avgpool, py::arg("x"), py::arg("k"), py::arg("stride"), py::arg("out"),
-        py::arg("threads"), "k x k average pool, no padding, into NCHW-contiguous output");
+        py::arg("threads"), py::arg("prelu") = py::none(),
+        "k x k average pool of x (or of PReLU(x)), no padding, into NCHW-contiguous output");
 }
 
 }  // namespace headhub

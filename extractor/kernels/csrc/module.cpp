@@ -127,14 +127,7 @@ __attribute__((always_inline)) inline void finish_row_t(const int32_t* cnt, int3
   }
 }
 
-// The epilogue runs once per output value, so it is cloned per ISA (ifunc dispatch when the
-// module loads): 512/256-bit vectors where the CPU has them although the build has no -march.
-// Still no FMA: -ffp-contract=off keeps y * scale + bias two roundings, as in torch.
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HEADHUB_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define HEADHUB_CLONES
-#endif
+// The epilogue runs once per output value, so it is cloned per ISA (HEADHUB_CLONES).
 
 // Border pixel: remove the popcount(0 ^ w) that each zero-padded tap (bit t of pm) added.
 HEADHUB_CLONES void drop_padded_taps(int32_t* cnt, uint32_t pm, const int32_t* wpc, int64_t O,
