@@ -15,6 +15,7 @@ binary layer sees identical sign bits and the features match (tests/extractor/te
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -84,8 +85,32 @@ class FastBinaryLayer(nn.Module):
         t = folded.threshold
         self.register_buffer("threshold", None if t is None else t.detach().float().contiguous())
         self.trace: list[Tensor] | None = None
+        # Set by `chain_to` when the output feeds another binary layer directly: packed bits out
+        self.emit: tuple[Tensor, Tensor, Tensor] | None = None  # thresholds, flip, flip words
+        self.in_grid: tuple[int, int] | None = None  # linear fed a packed (h, w) conv map
+
+    def chain_to(self, nxt: FastBinaryLayer) -> None:
+        """Output packed sign bits for `nxt` (BN, affine and its sign as integer thresholds).
+
+        A linear `nxt` fed this conv's map (AlexNet's fc6) gets its weight columns reordered from
+        the reference's (c, h, w) flattening to the map's pixel-by-pixel words.
+        """
+        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        thr, flip = ops.integer_thresholds(self.scale, self.bias, nxt.threshold, k)
+        self.emit = (thr, flip, ops.flip_words(flip))
+        if self.kind == "conv" and nxt.kind == "linear":
+            c = self.weight.out_features
+            hw = nxt.in_channels // c
+            side = round(hw**0.5)
+            if side * side * c != nxt.in_channels:
+                raise ValueError("a linear layer after a conv needs a square (C, h, w) input")
+            w = ops.unpack_words(nxt.weight.words, nxt.in_channels).reshape(-1, c, side, side)
+            nxt.weight = ops.PreparedWeight(ops.pack_conv_weight(w))
+            nxt.in_grid = (side, side)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        if x.dtype == torch.int64 or self.emit is not None:
+            return self._packed_forward(x)
         conv = self.kind == "conv"
         if conv and self.pool is None and x.dtype == torch.float32 and ops.backend() == "native":
             plan = self._plan(tuple(x.shape))
@@ -131,6 +156,47 @@ class FastBinaryLayer(nn.Module):
                 y = residual + y
         return y
 
+    def _packed_forward(self, x: Tensor) -> Tensor:
+        """Packed words in (a chained layer's output) and/or out (`emit`), no float activations.
+
+        Words are (N, H, W, Cw) for a conv and (N, Kw) for a linear layer, or any (N, ...) words
+        flattened to Kw (a conv map before a linear layer).
+        """
+        if x.dtype == torch.int64:
+            bits = x if self.kind == "conv" else x.reshape(x.shape[0], -1)
+        elif self.kind == "conv":
+            bits = ops.pack_nchw(x, self.threshold)
+        else:
+            bits = ops.pack_rows(x, self.threshold)
+        if self.trace is not None:
+            self.trace.append(self._reference_order(bits))
+        thr, flip, flip_words = self.emit if self.emit is not None else (None, None, None)
+        pooled = self.pool is not None
+        fused = thr is None and not pooled  # the affine in the kernel's float epilogue
+        scale, bias = (self.scale, self.bias) if fused else (None, None)
+        if self.kind == "conv":
+            y = ops.binary_conv2d(
+                bits, self.weight, self.in_channels, self.kernel_size, self.stride, self.padding,
+                scale, bias, thresholds=thr, flip=None if pooled else flip,
+            )  # fmt: skip
+        else:
+            y = ops.binary_linear(
+                bits, self.weight, self.in_channels, scale, bias, thresholds=thr, flip=flip
+            )
+        if thr is not None:
+            return ops.or_pool(y, *_max_pool_geometry(self.pool), flip_words) if pooled else y
+        # the last layer of a chain: float output, as the reference's
+        return affine(self.pool(y), self.scale, self.bias) if pooled else y  # type: ignore[misc]
+
+    def _reference_order(self, bits: Tensor) -> Tensor:
+        """Traced bits as the reference flattens them (linear after a conv map: (c, h, w))."""
+        if self.in_grid is None:
+            return bits
+        h, w = self.in_grid
+        c = self.in_channels // (h * w)
+        signs = ops.unpack_words(bits.reshape(-1, h, w, ops.words_for(c)), c)
+        return ops.pack_rows(signs.permute(0, 3, 1, 2).reshape(bits.shape[0], -1).contiguous())
+
     def _plan(self, shape: tuple[int, ...]) -> ops.BinaryConvPlan:
         """This thread's prepared pack + conv for inputs of `shape` (one per batch size seen)."""
         key = (id(self), shape)
@@ -149,6 +215,35 @@ class FastBinaryLayer(nn.Module):
             )
             self.workspace.plans[key] = plan
         return plan
+
+
+def _max_pool_geometry(pool: nn.Module | None) -> tuple[int, int]:
+    """(kernel, stride) of a square, unpadded, floor-mode max pool; ValueError otherwise."""
+    if not isinstance(pool, nn.MaxPool2d) or pool.padding not in (0, (0, 0)) or pool.ceil_mode:
+        raise ValueError(f"no packed form for {pool}")
+    k, s = _single(pool.kernel_size), _single(pool.stride or pool.kernel_size)
+    if k < 1 or s < 1 or _single(pool.dilation) != 1:
+        raise ValueError(f"no packed form for {pool}")
+    return k, s
+
+
+def _chain_binary_layers(model: nn.Module) -> int:
+    """Binary layers that feed each other directly keep their activations packed.
+
+    Only the binary AlexNet has such runs (conv2 .. conv5, fc6, fc7: each reads the previous
+    one's BN output through a sign); Bi-Real puts a real residual add between any two. Returns
+    how many layers now output packed bits.
+    """
+    if getattr(model, "arch", None) != "binary_alexnet":
+        return 0
+    layers = [*list(model.features)[1:], model.fc6, model.fc7]  # type: ignore[union-attr,arg-type]
+    if not all(isinstance(m, FastBinaryLayer) for m in layers):
+        return 0
+    for layer, nxt in itertools.pairwise(layers):
+        if layer.pool is not None:
+            _max_pool_geometry(layer.pool)  # a pool with no packed form would raise here
+        layer.chain_to(nxt)
+    return len(layers) - 1
 
 
 class FastBiRealBlock(nn.Module):
@@ -348,6 +443,7 @@ def build_fast_model(loaded: object) -> FastExtractor:
     if _swap(fast, Workspace()) == 0:
         raise ValueError("no binary layer with sign inputs found: nothing to accelerate")
     _fuse_stem_prelu(fast)
+    _chain_binary_layers(fast)
     final = getattr(fast, "final", None)
     if isinstance(final, nn.Module):  # Bi-Real: (B, C, S/32, S/32) is tiny, the copy is free
         fast.final = nn.Sequential(_Contiguous(), final)

@@ -31,6 +31,8 @@ __all__ = [
     "binary_conv2d",
     "binary_linear",
     "instruction_set",
+    "integer_thresholds",
+    "or_pool",
     "pack_conv_weight",
     "pack_linear_weight",
     "pack_nchw",
@@ -288,6 +290,76 @@ def _vec(v: Tensor | None, n: int, name: str) -> Tensor | None:
     return v.float().contiguous()
 
 
+# ---- two binary layers in a row: integer thresholds ------------------------------------------
+
+
+def integer_thresholds(
+    scale: Tensor, bias: Tensor, threshold: Tensor | None, k: int
+) -> tuple[Tensor, Tensor]:
+    """Fold a layer's float affine and the next layer's sign into one integer compare per output.
+
+    The reference computes `sign((d * scale + bias) + threshold)` on the integer ±1 dot product
+    d in [-k, k], each float op rounded once. Every op is monotone in d (decreasing where
+    scale < 0), so the sign bit is `(d >= T) XOR flip`. T is found by bisection on the exact
+    float32 expression, so the compare reproduces the reference's bit for every d, rounding
+    included. Returns T (O,) int32 and flip (O,) uint8.
+    """
+    s, b = scale.detach().float(), bias.detach().float()
+    t = None if threshold is None else threshold.detach().float()
+
+    def sign_bit(d: Tensor) -> Tensor:
+        y = d.float() * s + b  # two roundings, as `layers.affine`
+        return (y if t is None else y + t) >= 0
+
+    flip = s < 0  # decreasing: T is where the bit turns off
+    lo = torch.full_like(s, -k, dtype=torch.int64)  # smallest d with (bit XOR flip) set, in
+    hi = torch.full_like(s, k + 1, dtype=torch.int64)  # [-k, k + 1]; k + 1 stands for "never"
+    while bool((lo < hi).any()):
+        mid = torch.div(lo + hi, 2, rounding_mode="floor")
+        on = sign_bit(mid) ^ flip
+        active = lo < hi
+        hi = torch.where(active & on, mid, hi)
+        lo = torch.where(active & ~on, mid + 1, lo)
+    return lo.to(torch.int32), flip.to(torch.uint8)
+
+
+def _threshold_bits(dot: Tensor, thresholds: Tensor, flip: Tensor | None) -> Tensor:
+    """Fallback: (..., O) integer dot products -> (..., ceil(O/64)) words of (d >= T) ^ flip."""
+    on = dot >= thresholds.to(dot.dtype)
+    if flip is not None:
+        on = on ^ flip.bool()
+    lead, o = on.shape[:-1], on.shape[-1]
+    words = _pack_torch((on.float() * 2 - 1).reshape(-1, 1, 1, o), None)
+    return words.reshape(*lead, words_for(o))
+
+
+def or_pool(a: Tensor, kernel: int, stride: int, flip: Tensor | None = None) -> Tensor:
+    """Max pool (no padding, floor mode) of packed (N, H, W, Cw) sign bits: OR, then XOR `flip`.
+
+    `flip` is a (Cw,) int64 word mask; see `integer_thresholds` for why max pooling of the
+    integer dot products becomes an OR of their threshold bits.
+    """
+    _check(a.dim() == 4 and a.dtype == torch.int64, "or_pool: (N, H, W, Cw) int64 words expected")
+    n, h, w, cw = a.shape
+    ho, wo = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    _check(ho > 0 and wo > 0, "input smaller than the pooling window")
+    if _native is None:
+        bits = unpack_words(a, 64 * cw) > 0  # (N, H, W, 64 Cw)
+        win = bits.permute(0, 3, 1, 2).float()
+        pooled = F.max_pool2d(win, kernel, stride).permute(0, 2, 3, 1) > 0
+        words = _pack_torch(pooled.float() * 2 - 1, None)
+        return words if flip is None else words ^ flip
+    out = torch.empty((n, ho, wo, cw), dtype=torch.int64)
+    f = None if flip is None else flip.contiguous().numpy()
+    _native.or_pool(a.contiguous().numpy(), kernel, stride, f, out.numpy(), _threads())
+    return out
+
+
+def flip_words(flip: Tensor) -> Tensor:
+    """(O,) 0/1 flip flags -> (ceil(O/64),) int64 words, the layout of packed activations."""
+    return pack_rows(flip.float()[None] * 2 - 1)[0]
+
+
 # ---- binary conv -------------------------------------------------------------------------------
 
 
@@ -302,12 +374,17 @@ def binary_conv2d(
     bias: Tensor | None = None,
     residual: Tensor | None = None,
     out: Tensor | None = None,
+    thresholds: Tensor | None = None,
+    flip: Tensor | None = None,
 ) -> Tensor:
     """Binary conv of packed NHWC bits `a` with packed weights `w` (from `pack_conv_weight`).
 
     Returns (N, O, Ho, Wo) float32 in channels-last memory: `residual + (dot * scale + bias)`,
     where dot is the ±1 correlation with zero padding (the reference `F.conv2d` on sign(x)).
     `out`, when given, is the (N, Ho, Wo, O) contiguous buffer to write.
+
+    With `thresholds` (and `flip`, from `integer_thresholds`) it returns packed sign bits instead,
+    (N, Ho, Wo, ceil(O/64)) int64 words of `(dot >= T) XOR flip`: the next binary layer's input.
     """
     _check(a.dim() == 4 and a.dtype == torch.int64, "a: (N, H, W, Cw) int64 expected")
     pw = _prepared(w)
@@ -324,12 +401,19 @@ def binary_conv2d(
     if residual is not None:
         _check(residual.shape == (n, o, ho, wo), "residual must be (N, O, Ho, Wo)")
         res = residual.float().permute(0, 2, 3, 1)  # a view: the kernel reads any strides
+    packed = thresholds is not None
+    _check(not packed or (scale is None and bias is None and res is None), "thresholds: no affine")
     if _native is None:
         xs = unpack_words(a, channels).permute(0, 3, 1, 2)
         ws = unpack_words(w.reshape(o, kh, kw, cw), channels).permute(0, 3, 1, 2)
         y = F.conv2d(xs, ws, None, stride, padding).permute(0, 2, 3, 1)
+        if packed:
+            return _threshold_bits(y.round().to(torch.int64), thresholds, flip)  # type: ignore[arg-type]
         return _epilogue(y, scale, bias, res).permute(0, 3, 1, 2)
-    out = _out(out, (n, ho, wo, o), torch.float32)
+    if packed:
+        out = _out(out, (n, ho, wo, words_for(o)), torch.int64)
+    else:
+        out = _out(out, (n, ho, wo, o), torch.float32)
     _native.conv(
         a.contiguous().numpy(),
         w.numpy(),
@@ -345,8 +429,18 @@ def binary_conv2d(
         None if res is None else res.numpy(),
         out.numpy(),
         _threads(),
+        *_threshold_args(thresholds, flip, o),
     )
-    return out.permute(0, 3, 1, 2)
+    return out if packed else out.permute(0, 3, 1, 2)
+
+
+def _threshold_args(thresholds: Tensor | None, flip: Tensor | None, o: int) -> tuple[Any, Any]:
+    if thresholds is None:
+        return None, None
+    _check(thresholds.shape == (o,), f"thresholds must have shape ({o},)")
+    _check(flip is None or flip.shape == (o,), f"flip must have shape ({o},)")
+    t = thresholds.to(torch.int32).contiguous().numpy()
+    return t, None if flip is None else flip.to(torch.uint8).contiguous().numpy()
 
 
 class BinaryConvPlan:
@@ -439,25 +533,38 @@ def binary_linear(
     scale: Tensor | None = None,
     bias: Tensor | None = None,
     residual: Tensor | None = None,
+    thresholds: Tensor | None = None,
+    flip: Tensor | None = None,
 ) -> Tensor:
     """(M, Kw) packed rows x (O, Kw) packed weights -> (M, O) float32 `residual + dot*scale + bias`.
 
     With no scale/bias the result is the ±1 dot product K - 2 * popcount(a XOR w), exact.
+    Rows may hold more than ceil(K/64) words when padding bits sit between the real ones (a conv
+    map flattened pixel by pixel), as long as they are zero in `a` and `w` alike. With
+    `thresholds` the result is packed sign bits, as in `binary_conv2d`.
     """
     _check(a.dim() == 2 and a.dtype == torch.int64, "a: (M, Kw) int64 expected")
     pw = _prepared(w)
     w = pw.words
-    kw = words_for(in_features)
-    _check(a.shape[1] == kw and w.dim() == 2 and w.shape[1] == kw, "a, w: last dim ceil(K/64)")
+    kw = int(w.shape[1])
+    _check(a.shape[1] == kw >= words_for(in_features), "a, w: rows of at least ceil(K/64) words")
     m, o = a.shape[0], w.shape[0]
     scale, bias = _vec(scale, o, "scale"), _vec(bias, o, "bias")
     if residual is not None:
         _check(residual.shape == (m, o), "residual must be (M, O)")
         residual = residual.float().contiguous()
+    packed = thresholds is not None
+    _check(not packed or (scale is None and bias is None and residual is None), "no affine")
     if _native is None:
-        y = unpack_words(a, in_features) @ unpack_words(w, in_features).T
+        y = unpack_words(a, 64 * kw) @ unpack_words(w, 64 * kw).T  # padding: (-1)(-1) each
+        y = y - (64 * kw - in_features)
+        if packed:
+            return _threshold_bits(y.round().to(torch.int64), thresholds, flip)  # type: ignore[arg-type]
         return _epilogue(y, scale, bias, residual)
-    out = torch.empty((m, o), dtype=torch.float32)
+    if packed:
+        out = torch.empty((m, words_for(o)), dtype=torch.int64)
+    else:
+        out = torch.empty((m, o), dtype=torch.float32)
     _native.linear(
         a.contiguous().numpy(),
         w.numpy(),
@@ -468,5 +575,6 @@ def binary_linear(
         None if residual is None else residual.numpy(),
         out.numpy(),
         _threads(),
+        *_threshold_args(thresholds, flip, o),
     )
     return out

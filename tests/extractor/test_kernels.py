@@ -320,15 +320,68 @@ def _folded(arch: str, **config: object) -> torch.nn.Module:
     return model.requires_grad_(False)
 
 
-def test_binary_alexnet_pool_between_conv_and_bn_and_fc_layers_match() -> None:
+@pytest.mark.parametrize("batch", [1, 3])
+def test_binary_alexnet_layers_chained_on_packed_bits_match(variant: str, batch: int) -> None:
+    """conv2 .. fc6 hand packed bits on (integer thresholds, OR pooling); fc7 gives floats."""
     model = _folded(
         "binary_alexnet",
         input_size=67,
-        conv_widths=(8, 16, 24, 24, 16),
+        conv_widths=(8, 16, 24, 70, 16),  # 70: words with padding bits between layers
         fc_width=72,
         num_classes=10,
     )
-    _assert_equivalent(model, torch.randn(2, 3, 67, 67, generator=torch.Generator().manual_seed(1)))
+    fast = build_fast_model(model)
+    assert [m.emit is not None for m in fast.binary_layers[:6]] == [True] * 5 + [False]
+    x = torch.randn(batch, 3, 67, 67, generator=torch.Generator().manual_seed(batch))
+    _assert_equivalent(model, x)
+
+
+@settings(max_examples=30, deadline=None)
+@given(k=st.integers(1, 300), o=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_integer_thresholds_reproduce_the_float_sign_for_every_dot(
+    k: int, o: int, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.randn(o, generator=g) * torch.rand(o, generator=g) ** 4  # some near 0
+    scale[torch.rand(o, generator=g) < 0.1] = 0.0
+    bias = torch.randn(o, generator=g) * k / 4
+    t = torch.randn(o, generator=g)
+    thr, flip = ops.integer_thresholds(scale, bias, t, k)
+    d = torch.arange(-k, k + 1, dtype=torch.float32)[:, None]
+    want = (d * scale + bias) + t >= 0  # the reference: affine, then the next layer's sign
+    got = (d >= thr.float()) ^ flip.bool()
+    assert torch.equal(got, want)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 2),
+    c=st.sampled_from([1, 17, 64, 70]),
+    o=st.sampled_from([1, 8, 13, 64, 70]),
+    hw=st.integers(3, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_packed_output_and_or_pool_equal_pool_affine_sign(
+    variant: str, n: int, c: int, o: int, hw: int, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, hw, hw, generator=g)
+    wt = sign(torch.randn(o, c, 3, 3, generator=g))
+    scale, bias, t = torch.randn(o, generator=g), torch.randn(o, generator=g), torch.randn(o)
+    thr, flip = ops.integer_thresholds(scale, bias, t, 9 * c)
+    dot = _reference_conv(x, None, wt, 1, 1, None, None, None)
+    a, w = ops.pack_nchw(x), ops.pack_conv_weight(wt)
+    for pool in (False, True):
+        y = F.max_pool2d(dot, 3, 2) if pool else dot
+        want = ops.pack_nchw(
+            (y * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)) + t.view(1, -1, 1, 1)
+        )
+        got = ops.binary_conv2d(a, w, c, (3, 3), 1, 1, thresholds=thr, flip=None if pool else flip)
+        if pool:
+            got = ops.or_pool(got, 3, 2, ops.flip_words(flip))
+        assert torch.equal(got, want)
 
 
 @pytest.fixture(scope="module")

@@ -373,9 +373,44 @@ void py_avgpool(py::array x, int64_t k, int64_t stride, py::array out, int threa
   }
 }
 
+// Max pool on packed sign bits (no padding, floor mode: AlexNet's MaxPool2d(3, 2)). Upstream of a
+// monotone sign, max and sign commute: with u = (dot >= T) per pixel, sign(affine(max dot)) is
+// OR(u) over the window, XOR the channel's flip bit (a decreasing affine turns max into min).
+void py_or_pool(py::array a, int64_t k, int64_t stride, py::object flip, py::array out,
+                int threads) {
+  const uint64_t* ap = data_of<uint64_t>(a, "a", 4);
+  uint64_t* op = data_of<uint64_t>(out, "out", 4);
+  const int64_t N = a.shape(0), H = a.shape(1), W = a.shape(2), Cw = a.shape(3);
+  const uint64_t* f = optional_vec<uint64_t>(flip, "flip", Cw);
+  if (k < 1 || stride < 1 || k > H || k > W) throw std::invalid_argument("bad pooling window");
+  const int64_t Ho = (H - k) / stride + 1, Wo = (W - k) / stride + 1;
+  if (out.shape(0) != N || out.shape(1) != Ho || out.shape(2) != Wo || out.shape(3) != Cw)
+    throw std::invalid_argument("out: expected (N, Ho, Wo, Cw)");
+  const int nt = threads_for(threads);
+  py::gil_scoped_release nogil;
+#pragma omp parallel for num_threads(nt) schedule(static) if (N * Ho * Wo * Cw * k * k > 65536)
+  for (int64_t r = 0; r < N * Ho; ++r) {
+    const int64_t n = r / Ho, oy = r % Ho;
+    for (int64_t ox = 0; ox < Wo; ++ox) {
+      uint64_t* o = op + (r * Wo + ox) * Cw;
+      for (int64_t q = 0; q < Cw; ++q) o[q] = 0;
+      for (int64_t dy = 0; dy < k; ++dy)
+        for (int64_t dx = 0; dx < k; ++dx) {
+          const uint64_t* src = ap + ((n * H + oy * stride + dy) * W + ox * stride + dx) * Cw;
+          for (int64_t q = 0; q < Cw; ++q) o[q] |= src[q];
+        }
+      if (f)
+        for (int64_t q = 0; q < Cw; ++q) o[q] ^= f[q];
+    }
+  }
+}
+
 }  // namespace
 
 void register_layout_ops(py::module_& m) {
+  m.def("or_pool", &py_or_pool, py::arg("a"), py::arg("k"), py::arg("stride"), py::arg("flip"),
+        py::arg("out"), py::arg("threads"),
+        "k x k max pool of packed sign bits (OR over the window, then XOR flip)");
   m.def("pack", &py_pack, py::arg("x"), py::arg("threshold"), py::arg("out"), py::arg("threads"),
         py::arg("copy") = py::none(),
         "sign(x + threshold) bits of an (N, H, W, C) view; with `copy`, x must be NCHW-contiguous "

@@ -109,7 +109,33 @@ struct Epilogue {
   // A conv given an NCHW residual (the output of a real downsample conv) gathers each row,
   // instead of the caller copying the whole tensor to channels-last first.
   int64_t rs[4] = {0, 0, 0, 1};
+  // Packed output instead of floats (two binary layers in a row, e.g. AlexNet): the next layer's
+  // sign bit of output o is (dot >= thr[o]) XOR flip[o], the whole float affine + sign folded
+  // into one integer compare (ops.integer_thresholds); rows of `bits_row` bytes, bit o % 8 of
+  // byte o / 8, i.e. (N, Ho, Wo, ceil(O/64)) words. Bytes past the last output stay zero.
+  const int32_t* thr = nullptr;
+  const uint8_t* flip = nullptr;  // null: no flip (a pool follows, then ops.or_pool flips)
+  uint8_t* bits = nullptr;
+  int64_t bits_row = 0;
 };
+
+// Output bits of one row segment [o0, o0 + n), o0 a multiple of 8: whole bytes, so that
+// threads writing other segments of the row never share a byte.
+void finish_row_bits(const Epilogue& e, int64_t m, int64_t o0, const int32_t* cnt,
+                     int32_t kvalid, int64_t n) {
+  uint8_t* row = e.bits + m * e.bits_row;
+  for (int64_t j0 = 0; j0 < n; j0 += 8) {
+    uint32_t byte = 0;
+    for (int64_t j = j0; j < std::min<int64_t>(n, j0 + 8); ++j) {
+      const int32_t dot = kvalid - 2 * cnt[j];
+      const uint32_t f = e.flip ? e.flip[o0 + j] : 0u;
+      byte |= ((dot >= e.thr[o0 + j]) ^ f) << (j - j0);
+    }
+    row[(o0 + j0) / 8] = static_cast<uint8_t>(byte);
+  }
+  if (o0 + n == e.O)  // the segment holding the last output clears the row's padding bytes
+    for (int64_t b = (e.O + 7) / 8; b < e.bits_row; ++b) row[b] = 0;
+}
 
 // One output row segment: y = float(kvalid - 2 * cnt); y = y * scale; y = y + bias; y = res + y.
 // Branch-free per element so it vectorizes; the compiler keeps the separate roundings
@@ -141,6 +167,7 @@ HEADHUB_CLONES void drop_padded_taps(int32_t* cnt, uint32_t pm, const int32_t* w
 // `roff`: element offset of output row m's pixel in the residual (its (n, y, x) under rs).
 HEADHUB_CLONES void finish_row(const Epilogue& e, int64_t m, int64_t roff, int64_t o0,
                                const int32_t* cnt, int32_t kvalid, int64_t n, float* gather) {
+  if (e.bits) return finish_row_bits(e, m, o0, cnt, kvalid, n);
   const float* s = e.scale ? e.scale + o0 : nullptr;
   const float* b = e.bias ? e.bias + o0 : nullptr;
   const float* r = nullptr;
@@ -227,12 +254,26 @@ py::array_t<int32_t> py_tap_popcounts(py::array w, int64_t taps) {
   return out;
 }
 
+// Packed-output mode of an epilogue (see Epilogue::thr): out is (rows..., ceil(O/64)) words.
+void set_bits_output(Epilogue& ep, py::array& out, int ndim, const py::object& thr,
+                     const py::object& flip) {
+  ep.thr = optional_vec<int32_t>(thr, "thresholds", ep.O);
+  ep.flip = optional_vec<uint8_t>(flip, "flip", ep.O);
+  ep.bits = reinterpret_cast<uint8_t*>(data_of<uint64_t>(out, "out", ndim));
+  ep.bits_row = out.shape(ndim - 1) * 8;
+  if (out.shape(ndim - 1) != (ep.O + 63) / 64)
+    throw std::invalid_argument("out: packed output needs ceil(O/64) words per row");
+  if (ep.scale || ep.bias || ep.residual)
+    throw std::invalid_argument("packed output takes thresholds, not scale/bias/residual");
+}
+
 void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_t C, int64_t kh,
              int64_t kw, int64_t stride, int64_t pad, py::object scale, py::object bias,
-             py::object residual, py::array out, int threads) {
+             py::object residual, py::array out, int threads, py::object thr, py::object flip) {
   const uint64_t* ap = data_of<uint64_t>(a, "a", 4);
   data_of<uint64_t>(w, "w", 2);
-  float* op = data_of<float>(out, "out", 4);
+  const bool packed_out = !thr.is_none();
+  float* op = packed_out ? nullptr : data_of<float>(out, "out", 4);
   const int64_t N = a.shape(0), H = a.shape(1), W = a.shape(2), Cw = a.shape(3);
   const int64_t O = w.shape(0), T = kh * kw, Kw = T * Cw;
   if (Cw != (C + 63) / 64 || C <= 0) throw std::invalid_argument("a: last dim must be ceil(C/64)");
@@ -244,7 +285,8 @@ void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_
     throw std::invalid_argument("bad kernel geometry");
   const int64_t Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
   if (Ho < 1 || Wo < 1) throw std::invalid_argument("input smaller than the kernel");
-  if (out.shape(0) != N || out.shape(1) != Ho || out.shape(2) != Wo || out.shape(3) != O)
+  if (out.shape(0) != N || out.shape(1) != Ho || out.shape(2) != Wo ||
+      (!packed_out && out.shape(3) != O))
     throw std::invalid_argument("out: expected (N, Ho, Wo, O)");
   const int64_t M = N * Ho * Wo;
   Epilogue ep{optional_vec<float>(scale, "scale", O), optional_vec<float>(bias, "bias", O),
@@ -262,6 +304,7 @@ void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_
     }
     ep.residual = static_cast<const float*>(r.data());
   }
+  if (packed_out) set_bits_output(ep, out, 4, thr, flip);
   const int nt = threads_for(threads);
   const GemmFn gemm = g_isa.gemm;
   py::gil_scoped_release nogil;
@@ -329,16 +372,21 @@ void py_conv(py::array a, py::array w, py::array wprep, py::array tap_pc, int64_
 
 // ---- binary linear -------------------------------------------------------------------------
 
+// K: the number of real bits per row; Kw words may hold more (a conv map flattened pixel by pixel
+// has ceil(C/64) words per pixel, zero bits past C on both sides).
 void py_linear(py::array a, py::array w, py::array wprep, int64_t K, py::object scale,
-               py::object bias, py::object residual, py::array out, int threads) {
+               py::object bias, py::object residual, py::array out, int threads, py::object thr,
+               py::object flip) {
   const uint64_t* ap = data_of<uint64_t>(a, "a", 2);
   data_of<uint64_t>(w, "w", 2);
-  float* op = data_of<float>(out, "out", 2);
+  const bool packed_out = !thr.is_none();
+  float* op = packed_out ? nullptr : data_of<float>(out, "out", 2);
   const int64_t M = a.shape(0), Kw = a.shape(1), O = w.shape(0);
-  if (K <= 0 || Kw != (K + 63) / 64 || w.shape(1) != Kw)
-    throw std::invalid_argument("a, w: last dim must be ceil(K/64)");
+  if (K <= 0 || (K + 63) / 64 > Kw || w.shape(1) != Kw)
+    throw std::invalid_argument("a, w: last dim must hold K bits");
   const uint64_t* bp = prepared_of(wprep, O, Kw);
-  if (out.shape(0) != M || out.shape(1) != O) throw std::invalid_argument("out: expected (M, O)");
+  if (out.shape(0) != M || (!packed_out && out.shape(1) != O))
+    throw std::invalid_argument("out: expected (M, O)");
   const float* res = nullptr;
   if (!residual.is_none()) {
     auto r = residual.cast<py::array>();
@@ -346,6 +394,7 @@ void py_linear(py::array a, py::array w, py::array wprep, int64_t K, py::object 
     if (r.size() != M * O) throw std::invalid_argument("residual: expected (M, O)");
   }
   Epilogue ep{optional_vec<float>(scale, "scale", O), optional_vec<float>(bias, "bias", O), res, op, O};
+  if (packed_out) set_bits_output(ep, out, 2, thr, flip);
   const int nt = threads_for(threads);
   const GemmFn gemm = g_isa.gemm;
   py::gil_scoped_release nogil;
@@ -414,9 +463,11 @@ PYBIND11_MODULE(_bitops, m) {
   m.def("conv", &py_conv, py::arg("a"), py::arg("w"), py::arg("wprep"), py::arg("tap_pc"),
         py::arg("channels"), py::arg("kh"),
         py::arg("kw"), py::arg("stride"), py::arg("pad"), py::arg("scale"), py::arg("bias"),
-        py::arg("residual"), py::arg("out"), py::arg("threads"));
+        py::arg("residual"), py::arg("out"), py::arg("threads"), py::arg("thresholds") = py::none(),
+        py::arg("flip") = py::none());
   m.def("linear", &py_linear, py::arg("a"), py::arg("w"), py::arg("wprep"), py::arg("k"), py::arg("scale"),
-        py::arg("bias"), py::arg("residual"), py::arg("out"), py::arg("threads"));
+        py::arg("bias"), py::arg("residual"), py::arg("out"), py::arg("threads"),
+        py::arg("thresholds") = py::none(), py::arg("flip") = py::none());
   m.def("peak_macs_per_ns", &py_peak, py::arg("kw") = 72, py::arg("rows") = 48,
         py::arg("outs") = 64, py::arg("reps") = 2000);
 }
