@@ -430,11 +430,13 @@ class FastExtractor(nn.Module):
         return ops.instruction_set()
 
 
-def build_fast_model(loaded: object) -> FastExtractor:
+def build_fast_model(loaded: object, *, packed_chains: bool = True) -> FastExtractor:
     """Fast network from a `LoadedExtractor` (or its folded `.model`); the input is not modified.
 
     Works with either kernel backend; with the PyTorch fallback (`ops.backend() == "torch"`) it is
     correct but slower than the reference, which is why the server only selects it when native.
+    `packed_chains=False` keeps float activations between consecutive binary layers (each packs
+    its own input), for the benchmark's comparison.
     """
     model = getattr(loaded, "model", loaded)
     if not isinstance(model, nn.Module):
@@ -443,7 +445,8 @@ def build_fast_model(loaded: object) -> FastExtractor:
     if _swap(fast, Workspace()) == 0:
         raise ValueError("no binary layer with sign inputs found: nothing to accelerate")
     _fuse_stem_prelu(fast)
-    _chain_binary_layers(fast)
+    if packed_chains:
+        _chain_binary_layers(fast)
     final = getattr(fast, "final", None)
     if isinstance(final, nn.Module):  # Bi-Real: (B, C, S/32, S/32) is tiny, the copy is free
         fast.final = nn.Sequential(_Contiguous(), final)

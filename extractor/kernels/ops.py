@@ -440,7 +440,7 @@ def _threshold_args(thresholds: Tensor | None, flip: Tensor | None, o: int) -> t
     _check(thresholds.shape == (o,), f"thresholds must have shape ({o},)")
     _check(flip is None or flip.shape == (o,), f"flip must have shape ({o},)")
     t = thresholds.to(torch.int32).contiguous().numpy()
-    return t, None if flip is None else flip.to(torch.uint8).contiguous().numpy()
+    return t, None if flip is None else flip_words(flip).numpy()
 
 
 class BinaryConvPlan:

@@ -14,6 +14,10 @@
 #include <vector>
 
 #include "bitgemm.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 #include "common.h"
 
 using namespace headhub;  // NOLINT: one module-private translation unit
@@ -114,10 +118,31 @@ struct Epilogue {
   // into one integer compare (ops.integer_thresholds); rows of `bits_row` bytes, bit o % 8 of
   // byte o / 8, i.e. (N, Ho, Wo, ceil(O/64)) words. Bytes past the last output stay zero.
   const int32_t* thr = nullptr;
-  const uint8_t* flip = nullptr;  // null: no flip (a pool follows, then ops.or_pool flips)
+  const uint8_t* flip = nullptr;  // byte o / 8, bit o % 8 (flip words); null: none (a pool
+                                  // follows, then ops.or_pool flips)
   uint8_t* bits = nullptr;
   int64_t bits_row = 0;
 };
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// 8 outputs -> one byte: dot = kvalid - 2 * cnt, compare with the thresholds, movemask.
+__attribute__((target("avx2"))) inline uint32_t threshold_byte_avx2(const int32_t* cnt,
+                                                                    int32_t kvalid,
+                                                                    const int32_t* thr) {
+  const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cnt));
+  const __m256i dot = _mm256_sub_epi32(_mm256_set1_epi32(kvalid), _mm256_add_epi32(c, c));
+  const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(thr));
+  const __m256i ge = _mm256_cmpgt_epi32(dot, _mm256_sub_epi32(t, _mm256_set1_epi32(1)));
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(ge)));
+}
+const bool g_avx2 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}();
+#else
+inline uint32_t threshold_byte_avx2(const int32_t*, int32_t, const int32_t*) { return 0; }
+const bool g_avx2 = false;
+#endif
 
 // Output bits of one row segment [o0, o0 + n), o0 a multiple of 8: whole bytes, so that
 // threads writing other segments of the row never share a byte.
@@ -126,11 +151,13 @@ void finish_row_bits(const Epilogue& e, int64_t m, int64_t o0, const int32_t* cn
   uint8_t* row = e.bits + m * e.bits_row;
   for (int64_t j0 = 0; j0 < n; j0 += 8) {
     uint32_t byte = 0;
-    for (int64_t j = j0; j < std::min<int64_t>(n, j0 + 8); ++j) {
-      const int32_t dot = kvalid - 2 * cnt[j];
-      const uint32_t f = e.flip ? e.flip[o0 + j] : 0u;
-      byte |= ((dot >= e.thr[o0 + j]) ^ f) << (j - j0);
+    if (g_avx2 && j0 + 8 <= n) {
+      byte = threshold_byte_avx2(cnt + j0, kvalid, e.thr + o0 + j0);
+    } else {
+      for (int64_t j = j0; j < std::min<int64_t>(n, j0 + 8); ++j)
+        byte |= uint32_t(kvalid - 2 * cnt[j] >= e.thr[o0 + j]) << (j - j0);
     }
+    if (e.flip) byte ^= e.flip[(o0 + j0) / 8];
     row[(o0 + j0) / 8] = static_cast<uint8_t>(byte);
   }
   if (o0 + n == e.O)  // the segment holding the last output clears the row's padding bytes
@@ -258,7 +285,7 @@ py::array_t<int32_t> py_tap_popcounts(py::array w, int64_t taps) {
 void set_bits_output(Epilogue& ep, py::array& out, int ndim, const py::object& thr,
                      const py::object& flip) {
   ep.thr = optional_vec<int32_t>(thr, "thresholds", ep.O);
-  ep.flip = optional_vec<uint8_t>(flip, "flip", ep.O);
+  ep.flip = reinterpret_cast<const uint8_t*>(optional_vec<uint64_t>(flip, "flip", (ep.O + 63) / 64));
   ep.bits = reinterpret_cast<uint8_t*>(data_of<uint64_t>(out, "out", ndim));
   ep.bits_row = out.shape(ndim - 1) * 8;
   if (out.shape(ndim - 1) != (ep.O + 63) / 64)
