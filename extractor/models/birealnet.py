@@ -18,6 +18,7 @@ Bannink et al., "Larq Compute Engine" / QuickNet 2021 (real stem and real downsa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn.functional as F
@@ -98,11 +99,20 @@ class BiRealNet(nn.Module):
             return x.mean(dim=(2, 3))
         return F.adaptive_avg_pool2d(x, g).flatten(1)  # channel-major: (c, gy, gx)
 
+    def feature_steps(self) -> list[Callable[[Tensor], Tensor]]:
+        """`forward_features` as a chain of one-argument steps (the fast path runs it flat)."""
+        return [
+            self.stem,  # (B, stem, S/2, S/2)
+            self.stages,  # (B, C, S/32, S/32)
+            self.final,
+            self.pool,
+            self.feature_norm,  # (B, feature_dim), centred per feature
+        ]
+
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.stem(x)  # (B, stem, S/2, S/2)
-        x = self.stages(x)  # (B, C, S/32, S/32)
-        x = self.final(x)
-        return self.feature_norm(self.pool(x))  # (B, feature_dim), centred per feature
+        for step in self.feature_steps():
+            x = step(x)
+        return x
 
     def forward_head(self, f: Tensor) -> Tensor:
         return self.head(f)  # (B, num_classes)

@@ -287,6 +287,15 @@ def test_tiny_checkpoint_same_bits_and_features(
     _assert_equivalent(tiny, x)
 
 
+def test_flat_steps_and_nested_modules_give_the_same_features(tiny: torch.nn.Module) -> None:
+    fast = build_fast_model(tiny)
+    assert fast.flat  # Bi-Real lists its feature_steps
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    flat = fast.forward_features(x).clone()
+    fast.flat = False
+    assert torch.equal(fast.forward_features(x), flat)
+
+
 @pytest.mark.skipif(not NATIVE, reason="compiled kernels not built")
 def test_one_fast_model_serves_changing_batch_sizes(tiny: torch.nn.Module) -> None:
     """Prepared kernel calls per batch size share buffers that grow: none may go stale."""
