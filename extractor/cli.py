@@ -125,6 +125,12 @@ def train(
     ckpt_minutes: float = typer.Option(5.0, help="minutes between checkpoints"),
     eval_minutes: float = typer.Option(10.0, help="minutes between held-out evaluations"),
     seed: int = typer.Option(0),
+    init: Path | None = typer.Option(
+        None,
+        metavar="CHECKPOINT",
+        help="warm start from this packed extractor (e.g. the default): a longer schedule in "
+        "a second run; stage 1 is skipped (the net is binary already)",
+    ),
     feature_grid: int | None = typer.Option(
         None,
         min=1,
@@ -150,7 +156,8 @@ def train(
                 raise DistillError(f"{out} already holds a run: pass --resume or another --out")
             cfg = TrainConfig(
                 out=out, steps=steps, minutes=None if steps else minutes, batch=batch, lr=lr,
-                stage1_frac=stage1_frac, stage1_real=stage1_real, teacher_size=teacher_size,
+                stage1_frac=stage1_frac, stage1_real="none" if init else stage1_real,
+                teacher_size=teacher_size, init=None if init is None else str(init),
                 device=device, threads=threads, ckpt_minutes=ckpt_minutes,
                 eval_minutes=eval_minutes, seed=seed, command=command_line(),
                 corpus=CorpusConfig(procedural_train=procedural, seed=seed),

@@ -78,6 +78,7 @@ class TrainConfig:
     log_seconds: float = 30.0
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     command: str = ""
+    init: str | None = None  # warm start from this packed checkpoint (checkpoint.load_trainable)
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -330,6 +331,8 @@ class Trainer:
         if self.step == 0:
             self._log(f"corpus: {json.dumps(self.corpus.summary())}")
             self._log(f"config: {json.dumps(c.to_json())}")
+            if c.init:
+                self._warm_start(Path(c.init))
             self._eval_and_log()
         else:
             self._log(f"resumed at step {self.step}, progress {self.progress():.3f}")
@@ -379,6 +382,17 @@ class Trainer:
             f"done: {self.step} steps, {self.images_seen} images, {self.train_seconds / 60:.1f} min"
         )
 
+    def _warm_start(self, path: Path) -> None:
+        """Continue from a packed checkpoint: its signs, affines and real layers (BN statistics
+        measured on corpus views); the head and the feature projection start afresh."""
+        from extractor.checkpoint import load_trainable
+
+        gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+        views = sample_views(self.corpus.train, 256, self.cfg.teacher_size, gen)
+        x = student_input(views, self.student.pretrained_cfg).to(self.device)
+        load_trainable(self.student, path, x.contiguous(memory_format=CL), seed=self.cfg.seed)
+        self._log(f"warm start from {path}")
+
     # ---- export ---------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
         last = next((h for h in reversed(self.history) if h.get("kind") == "eval"), None)
@@ -397,7 +411,18 @@ class Trainer:
             "random_init_agreement": None
             if not self.baseline
             else round(self.baseline["agree"], 4),
+            **self._init_provenance(),
         }
+
+    def _init_provenance(self) -> dict[str, Any]:
+        """Where a warm-started run began: the initial checkpoint's id and its own provenance."""
+        if not self.cfg.init:
+            return {}
+        from extractor.checkpoint import checkpoint_provenance
+
+        ident, before = checkpoint_provenance(Path(self.cfg.init))
+        keep = ("steps", "images_seen", "minutes", "command", "date", "init")
+        return {"init": {"id": ident, **{k: before[k] for k in keep if k in before}}}
 
     def export(self, path: Path, feature_grid: int | None = None) -> str:
         """Pack the student; `feature_grid` re-pools its final map to a g x g grid of features.

@@ -17,7 +17,7 @@ from extractor.distill import holdout
 from extractor.distill.corpus import CorpusConfig, build_corpus
 from extractor.distill.procedural import generate
 from extractor.distill.train import DistillError, TrainConfig, Trainer, lr_at
-from extractor.layers import is_fully_binary
+from extractor.layers import BinaryUnitBN, is_fully_binary
 from tests.extractor._torch_threads import one_torch_thread  # noqa: F401
 
 TINY_ARCH = {"input_size": 32, "widths": (8, 16), "depths": (1, 1)}
@@ -235,6 +235,44 @@ def test_export_can_pool_features_on_a_finer_grid(tmp_path: Path) -> None:
 
     cells = pooled(g2, f2).reshape(32, 16, 4).mean(-1)
     torch.testing.assert_close(cells, pooled(g1, f1), rtol=1e-4, atol=1e-4)
+
+
+def test_warm_start_continues_from_a_packed_checkpoint(tmp_path: Path) -> None:
+    """--init: same signs and eval-mode function as the checkpoint, then training goes on."""
+    import dataclasses
+
+    from extractor.checkpoint import load_checkpoint
+    from extractor.distill.augment import sample_views, student_input
+
+    first = Trainer(_tiny_config(tmp_path, "first", steps=2))
+    first.run()
+    ckpt = tmp_path / "first.safetensors"
+    first_id = first.export(ckpt)
+    cfg = dataclasses.replace(
+        _tiny_config(tmp_path, "second", steps=2), init=str(ckpt), stage1_real="none"
+    )
+    second = Trainer(cfg)
+    second._warm_start(ckpt)
+    before = load_checkpoint(ckpt).model
+    x = student_input(
+        sample_views(second.corpus.train, 8, 32, torch.Generator().manual_seed(2)),
+        before.pretrained_cfg,
+    )
+    second.student.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            second.student.forward_features(x), before.forward_features(x), rtol=1e-4, atol=1e-4
+        )
+    units = [(n, m) for n, m in second.student.named_modules() if isinstance(m, BinaryUnitBN)]
+    assert units
+    for name, unit in units:
+        assert torch.equal(torch.sign(unit.op.weight), before.get_submodule(name).weight)
+    second.run()
+    assert second.step == 2
+    out = tmp_path / "second.safetensors"
+    second.export(out)
+    prov = load_checkpoint(out).metadata["provenance"]
+    assert prov["init"]["id"] == first_id and prov["init"]["steps"] == 2
 
 
 def test_resume_without_a_state_file_is_a_distill_error(tmp_path: Path) -> None:
