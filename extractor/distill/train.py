@@ -391,7 +391,31 @@ class Trainer:
         views = sample_views(self.corpus.train, 256, self.cfg.teacher_size, gen)
         x = student_input(views, self.student.pretrained_cfg).to(self.device)
         load_trainable(self.student, path, x.contiguous(memory_format=CL), seed=self.cfg.seed)
+        self._fit_readouts(gen)
         self._log(f"warm start from {path}")
+
+    @torch.no_grad()
+    def _fit_readouts(self, gen: torch.Generator, batches: int = 16, ridge: float = 1.0) -> None:
+        """Ridge-regress the head (to teacher logits) and the projection (to teacher features)
+        on training views: a warm-started body then learns from sensible targets at once,
+        instead of from the gradients of a random head."""
+        was_training = self.student.training
+        self.student.eval()
+        feats, logits, tfeats = [], [], []
+        for _ in range(batches):
+            x = self._batch(gen)
+            tf, tl = self._teach(x)
+            feats.append(self._student(x)[0])
+            logits.append(tl)
+            tfeats.append(tf)
+        s = torch.cat(feats).float()
+        design = torch.cat([s, torch.ones(len(s), 1, device=s.device)], 1)  # bias column
+        gram = design.T @ design + ridge * torch.eye(design.shape[1], device=s.device)
+        for layer, target in ((self.student.head, logits), (self.proj, tfeats)):
+            w = torch.linalg.solve(gram, design.T @ torch.cat(target).float())
+            layer.weight.copy_(w[:-1].T)
+            layer.bias.copy_(w[-1])
+        self.student.train(was_training)
 
     # ---- export ---------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
