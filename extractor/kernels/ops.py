@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,6 +38,7 @@ __all__ = [
     "pack_linear_weight",
     "pack_nchw",
     "pack_rows",
+    "packed_dot",
     "pooled_size",
     "set_instruction_set",
     "supported_instruction_sets",
@@ -524,6 +526,30 @@ class BinaryConvPlan:
 
 
 # ---- binary linear -----------------------------------------------------------------------------
+
+
+def _bytes_to_words(bits: np.ndarray) -> Tensor:
+    """(N, nb) uint8 rows of `packbits(bitorder="little")` -> (N, ceil(nb/8)) int64 kernel words."""
+    n, nb = bits.shape
+    buf = np.zeros((n, words_for(8 * nb) * 8), dtype=np.uint8)
+    buf[:, :nb] = bits
+    return torch.from_numpy(buf.view("<i8"))
+
+
+def packed_dot(x_bits: np.ndarray, w_bits: np.ndarray, dim: int) -> np.ndarray:
+    """±1 dot products sign(x) . sign(w) of packed byte rows: (N, nb) x (C, nb) -> (N, C) int64.
+
+    The feature wire's and head files' packed bits (`extractor.packing.pack_signs`, padding bits
+    zero) on the popcount kernel: `dim - 2 * popcount(x XOR w)`. Binary heads (the paper's (a))
+    are scored with it when served and when trained.
+    """
+    _check(x_bits.ndim == 2 and w_bits.ndim == 2, "packed_dot: 2-d byte rows expected")
+    _check(x_bits.shape[1] == w_bits.shape[1], "packed_dot: rows of different widths")
+    _check(0 < dim <= 8 * x_bits.shape[1], "packed_dot: dim does not fit the rows")
+    if x_bits.shape[0] == 0 or w_bits.shape[0] == 0:
+        return np.zeros((x_bits.shape[0], w_bits.shape[0]), dtype=np.int64)
+    dots = binary_linear(_bytes_to_words(x_bits), _bytes_to_words(w_bits), dim)
+    return dots.numpy().astype(np.int64)  # exact: |dot| <= dim < 2**24
 
 
 def binary_linear(

@@ -1,37 +1,24 @@
 """Scoring features with a head: numpy reference implementations of the layouts in headfile.py.
 
 Binary heads run on packed sign bits with XOR + popcount (BinaryNet's XNOR-popcount written as a
-Hamming distance): for ±1 vectors a, b of length D, ``a . b = D - 2 * hamming(a, b)``. Padding
-bits are zero in both operands, so they never count.
+Hamming distance): for ±1 vectors a, b of length D, ``a . b = D - 2 * hamming(a, b)``, on the
+extractor's compiled popcount kernel (`extractor.kernels.ops.packed_dot`). Padding bits are zero
+in both operands, so they never count.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from extractor.kernels import ops
 from extractor.packing import pack_signs
 from service.heads.headfile import HeadFile
 
-# Bounds the (B, C, bytes) XOR intermediate of the binary path to roughly this many bytes.
-_XOR_CHUNK_BYTES = 32 * 1024 * 1024
-
-
-__all__ = ["FeatureMismatch", "logits", "pack_signs", "scores", "softmax", "top_k"]
+__all__ = ["FeatureMismatch", "binary_logits", "logits", "pack_signs", "scores", "softmax", "top_k"]
 
 
 class FeatureMismatch(ValueError):
     """Features that do not fit a head (width or kind); the API maps it to 409/422."""
-
-
-def popcount_xor(x_bits: np.ndarray, w_bits: np.ndarray) -> np.ndarray:
-    """``popcount(x XOR w)`` for every pair: (B, nb) x (C, nb) -> (B, C) int64."""
-    b, c = x_bits.shape[0], w_bits.shape[0]
-    out = np.empty((b, c), dtype=np.int64)
-    rows = max(1, _XOR_CHUNK_BYTES // max(1, c * w_bits.shape[1]))
-    for start in range(0, b, rows):
-        x = x_bits[start : start + rows, None, :]  # (b, 1, nb)
-        out[start : start + rows] = np.bitwise_count(x ^ w_bits[None, :, :]).sum(-1, dtype=np.int64)
-    return out
 
 
 def logits(head: HeadFile, floats: np.ndarray | None, bits: np.ndarray | None) -> np.ndarray:
@@ -48,8 +35,7 @@ def logits(head: HeadFile, floats: np.ndarray | None, bits: np.ndarray | None) -
         nb = w["weight_bits"].shape[1]
         if bits.ndim != 2 or bits.shape[1] != nb or bits.dtype != np.uint8:
             raise FeatureMismatch(f"expected packed bits of {nb} bytes per image (D={d})")
-        dots = d - 2 * popcount_xor(bits, w["weight_bits"])  # (B, C) = sign(x) . sign(w)
-        return (dots.astype(np.float32) * w["scale"] + w["bias"]).astype(np.float32)
+        return binary_logits(bits, w["weight_bits"], w["scale"], w["bias"], d)
     if floats is None:
         raise FeatureMismatch(f"a {head.head_type} head needs float features, not packed bits")
     _check_float_width(floats, d)
@@ -58,6 +44,18 @@ def logits(head: HeadFile, floats: np.ndarray | None, bits: np.ndarray | None) -
         return x @ w["weight"].T + w["bias"]
     hidden = np.maximum(x @ w["w1"].T + w["b1"], 0.0)  # (B, H), ReLU
     return hidden @ w["w2"].T + w["b2"]
+
+
+def binary_logits(
+    bits: np.ndarray, weight_bits: np.ndarray, scale: np.ndarray, bias: np.ndarray, dim: int
+) -> np.ndarray:
+    """scale * (sign(x) . sign(w)) + bias in float32: (B, nb) and (C, nb) packed bits -> (B, C).
+
+    The dot products run on the extractor's popcount kernel (`ops.packed_dot`); the served
+    logits and the trainer's final metrics (`service.training.scoring`) both come from here.
+    """
+    dots = ops.packed_dot(bits, weight_bits, dim).astype(np.float32)
+    return (dots * scale.astype(np.float32) + bias.astype(np.float32)).astype(np.float32)
 
 
 def _check_float_width(floats: np.ndarray, d: int) -> None:

@@ -7,24 +7,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# popcount of every byte value
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
+from service.heads.evaluate import binary_logits
 
 
 def score_binary(
     x_bits: np.ndarray, weight_bits: np.ndarray, scale: np.ndarray, bias: np.ndarray, dim: int
 ) -> np.ndarray:
-    """scale * (D - 2 * popcount(x XOR w)) + bias, for (N, B) and (C, B) packed bits -> (N, C).
-
-    Padding bits past D are 0 in both operands (packbits pads with 0), so they never count.
-    """
-    out = np.empty((x_bits.shape[0], weight_bits.shape[0]), dtype=np.float32)
-    step = max(1, 4_000_000 // max(1, weight_bits.size))  # bound the (rows, C, B) temporary
-    for i in range(0, x_bits.shape[0], step):
-        xor = np.bitwise_xor(x_bits[i : i + step, None, :], weight_bits[None, :, :])
-        mismatches = _POPCOUNT[xor].sum(axis=2)  # (rows, C)
-        out[i : i + step] = scale * (dim - 2 * mismatches) + bias
-    return out
+    """scale * (D - 2 * popcount(x XOR w)) + bias, for (N, B) and (C, B) packed bits -> (N, C):
+    the served computation itself (`service.heads.evaluate.binary_logits`)."""
+    return binary_logits(x_bits, weight_bits, scale, bias, dim)
 
 
 def score(

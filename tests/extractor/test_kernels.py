@@ -168,6 +168,24 @@ def test_binary_linear_is_k_minus_twice_popcount(
     assert torch.equal(ops.binary_linear(bits, wbits, k, scale, bias), want)
 
 
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(0, 9), c=st.integers(1, 12), dim=st.integers(1, 700), seed=st.integers(0, 2**16)
+)
+def test_packed_dot_of_feature_bytes_is_the_sign_dot_product(
+    variant: str, n: int, c: int, dim: int, seed: int
+) -> None:
+    """Binary heads' scoring: byte rows from pack_signs on the kernel, padding bits ignored."""
+    g = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(n, dim, generator=g), torch.randn(c, dim, generator=g)
+    got = ops.packed_dot(pack_signs(x), pack_signs(w), dim)
+    want = (sign(x) @ sign(w).T).to(torch.int64).numpy()
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+
+
 def test_feature_bytes_view_as_kernel_words() -> None:
     """Binary heads: the wire's packbits bytes, zero-padded to 8, are the kernels' words."""
     x = torch.randn(5, 100)
