@@ -3,7 +3,9 @@
 `build_fast_model(loaded)` copies the folded reference network (`checkpoint.load_checkpoint`) and
 swaps every `FoldedBinaryLayer` that takes sign inputs for a `FastBinaryLayer` (pack sign(x + b)
 into 64-bit words, XOR-popcount conv/linear, folded affine in the epilogue); a Bi-Real block
-`x + unit(x)` becomes one kernel call with the residual fused. The real-valued parts (stem,
+`x + unit(x)` becomes one kernel call with the residual fused. Binary layers that feed each other
+directly (the binary AlexNet) pass packed bits, the affine and the next sign folded into integer
+thresholds (`_chain_binary_layers`). The real-valued parts (stem,
 downsampling, BN, PReLU, pooling) stay the same torch modules; the kernels write channels-last
 (NHWC) tensors, and real convs and the final global pool get NCHW-contiguous input as in the
 reference, so their float rounding is the reference's.
@@ -67,6 +69,10 @@ class FastBinaryLayer(nn.Module):
 
     `trace`, when set to a list, collects the packed input bits (tests compare them per layer).
     """
+
+    scale: Tensor
+    bias: Tensor
+    threshold: Tensor | None
 
     def __init__(self, folded: FoldedBinaryLayer, workspace: Workspace | None = None) -> None:
         super().__init__()
@@ -350,6 +356,8 @@ class _FastAvgPool(nn.Module):
     pool (`_fuse_stem_prelu`).
     """
 
+    prelu: Tensor | None
+
     def __init__(self, pool: nn.AvgPool2d, workspace: Workspace) -> None:
         super().__init__()
         self.pool = pool
@@ -406,7 +414,7 @@ class FastExtractor(nn.Module):
         self.pretrained_cfg = getattr(model, "pretrained_cfg", {})
         self.binary_layers = [m for m in model.modules() if isinstance(m, FastBinaryLayer)]
         # A network that lists its forward as steps (`feature_steps`) runs them as one flat list
-        # of `forward` methods: at batch 1 the ~50 nested module calls cost ~10% of the time.
+        # of `forward` methods: at batch 1 the ~50 nested module calls cost ~9% of the time.
         # Module hooks then only fire on the steps' own submodules; `flat = False` restores the
         # nested calls (the benchmark's per-layer timing hooks every part).
         steps = getattr(model, "feature_steps", None)

@@ -31,6 +31,7 @@ __all__ = [
     "backend",
     "binary_conv2d",
     "binary_linear",
+    "flip_words",
     "instruction_set",
     "integer_thresholds",
     "or_pool",
@@ -59,7 +60,7 @@ def _load_native():  # type: ignore[no-untyped-def]
     if os.environ.get("HEADHUB_KERNELS", "").lower() == "torch":
         return None
     try:
-        from extractor.kernels import _bitops
+        from extractor.kernels import _bitops  # type: ignore[attr-defined]
     except ImportError as exc:
         log.warning("XOR-popcount extension unavailable (%s); using the PyTorch fallback", exc)
         return None
@@ -482,7 +483,8 @@ class BinaryConvPlan:
         self.out = alloc("out", (n, ho, wo, o), torch.float32)
         self.result = self.out.permute(0, 3, 1, 2)  # (N, O, Ho, Wo), channels-last memory
         self.macs = n * ho * wo * o * c * kh * kw
-        self._alloc, self._nhwc = alloc, None
+        self._alloc = alloc
+        self._nhwc: Any = None  # channels-last copy of an NCHW input, allocated on first use
         self._bits, self._out = self.bits.numpy(), self.out.numpy()
         self._w = weight.words.numpy()
         self._tap_pc = weight.tap_popcounts(kh * kw)
