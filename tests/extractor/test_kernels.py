@@ -117,19 +117,35 @@ def test_binary_conv_equals_float_conv_of_signs(variant: str, case: dict) -> Non
 
 
 @pytest.mark.skipif(not NATIVE, reason="compiled kernels not built")
-@settings(max_examples=40, deadline=None)
+@pytest.mark.parametrize("isa", ALL_ISAS)  # the transposing pack's tile follows the kernel's ISA
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     n=st.integers(1, 3),
-    c=st.sampled_from([1, 3, 16, 17, 48, 64, 80, 130]),  # 16-channel tiles and the scalar rest
+    c=st.sampled_from([1, 3, 8, 16, 17, 24, 48, 64, 80, 130]),  # 16-, 8-channel tiles, scalar
     hw=st.tuples(st.integers(1, 9), st.integers(1, 9)),  # 16-pixel tiles with partial ones
     channels_last=st.booleans(),
     threshold=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_conv_plan_with_its_input_as_residual(
-    n: int, c: int, hw: tuple[int, int], channels_last: bool, threshold: bool, seed: int
+    isa: str, n: int, c: int, hw: tuple[int, int], channels_last: bool, threshold: bool, seed: int
 ) -> None:
     """A Bi-Real block: NCHW input is packed and copied channels-last in one pass, then reused."""
+    if isa not in ops.supported_instruction_sets():
+        pytest.skip(f"this CPU lacks {isa}")
+    before = ops.instruction_set()
+    ops.set_instruction_set(isa)
+    try:
+        _check_plan_with_residual(n, c, hw, channels_last, threshold, seed)
+    finally:
+        ops.set_instruction_set(before)
+
+
+def _check_plan_with_residual(
+    n: int, c: int, hw: tuple[int, int], channels_last: bool, threshold: bool, seed: int
+) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, *hw, generator=g)
     x[x.abs() < 0.3] = 0.0

@@ -48,6 +48,7 @@ inline int threads_for(int requested) {
 }
 
 void register_layout_ops(py::module_& m);  // layout.cpp
+int active_isa_level();  // module.cpp: 2 AVX-512 VPOPCNTDQ, 1 AVX2, 0 otherwise (the active kernel)
 
 // Loops that run once per activation value are cloned per ISA (ifunc dispatch when the module
 // loads): 512/256-bit vectors where the CPU has them although the build has no -march. Still no

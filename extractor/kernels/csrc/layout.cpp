@@ -195,33 +195,78 @@ __attribute__((target("avx512f"))) void transpose_pack_tile_avx512(const float* 
   }
 }
 #pragma GCC diagnostic pop
-const bool g_avx512 = [] {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
-}();
+
+// The same with 8 pixels x 8 channels per tile (C a multiple of 8, 1 <= P <= 8).
+__attribute__((target("avx2"))) inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 8; g += 4) {
+    u[g + 0] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+    u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xEE);
+    u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+    u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
+}
+
+__attribute__((target("avx2"))) void transpose_pack_tile_avx2(const float* x, int64_t HW,
+                                                               int64_t C, int64_t P,
+                                                               const float* t, float* copy,
+                                                               uint64_t* bits) {
+  const int64_t Cw = (C + 63) / 64;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i pm = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(P)), lane);
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t q = 0; q < Cw; ++q) {
+    uint64_t w[8] = {0};
+    for (int64_t c0 = q * 64; c0 < std::min(C, q * 64 + 64); c0 += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_maskload_ps(x + (c0 + i) * HW, pm);
+      transpose8(r);
+      const __m256 tv = t ? _mm256_loadu_ps(t + c0) : zero;
+      for (int64_t k = 0; k < P; ++k) {
+        _mm256_storeu_ps(copy + k * C + c0, r[k]);
+        const __m256 v = t ? _mm256_add_ps(r[k], tv) : r[k];
+        const uint64_t m = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ)));
+        w[k] |= m << (c0 - q * 64);
+      }
+    }
+    for (int64_t k = 0; k < P; ++k) bits[k * Cw + q] = w[k];
+  }
+}
 #else
-const bool g_avx512 = false;
 void transpose_pack_tile_avx512(const float*, int64_t, int64_t, int64_t, const float*, float*,
                                 uint64_t*) {}
+void transpose_pack_tile_avx2(const float*, int64_t, int64_t, int64_t, const float*, float*,
+                              uint64_t*) {}
 #endif
 
 // x: N NCHW-contiguous images of C planes of HW floats; copy: (N, HW, C); out: (N, HW, Cw).
 void transpose_pack(const float* x, int64_t N, int64_t C, int64_t HW, const float* t, float* copy,
                     uint64_t* out, int nt) {
-  const int64_t Cw = (C + 63) / 64, tiles = (HW + 15) / 16;
-  const bool vec = g_avx512 && C % 16 == 0;
+  // The widest tile the active kernel's instruction set has (`_bitops.set_isa` switches it too,
+  // so the tests run every variant on one machine).
+  const int level = active_isa_level();
+  const bool v512 = level >= 2 && C % 16 == 0, v256 = !v512 && level >= 1 && C % 8 == 0;
+  const int64_t tp = v256 ? 8 : 16;  // pixels per tile
+  const auto tile_fn = v512   ? transpose_pack_tile_avx512
+                       : v256 ? transpose_pack_tile_avx2
+                              : transpose_pack_tile_scalar;
+  const int64_t Cw = (C + 63) / 64, tiles = (HW + tp - 1) / tp;
 #pragma omp parallel num_threads(nt) if (N * HW * C > 65536)
   {
   PhaseClock clock;
 #pragma omp for schedule(static) collapse(2) nowait
   for (int64_t n = 0; n < N; ++n)
     for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t p0 = tile * 16, P = std::min<int64_t>(16, HW - p0);
-      const float* xp = x + n * C * HW + p0;
-      float* cp = copy + (n * HW + p0) * C;
-      uint64_t* op = out + (n * HW + p0) * Cw;
-      if (vec) transpose_pack_tile_avx512(xp, HW, C, P, t, cp, op);
-      else transpose_pack_tile_scalar(xp, HW, C, P, t, cp, op);
+      const int64_t p0 = tile * tp, P = std::min<int64_t>(tp, HW - p0);
+      tile_fn(x + n * C * HW + p0, HW, C, P, t, copy + (n * HW + p0) * C, out + (n * HW + p0) * Cw);
     }
   clock.lap(kPack);
   }

@@ -44,6 +44,15 @@ Isa detect_isa() {
 
 Isa g_isa = detect_isa();
 
+}  // namespace
+
+int headhub::active_isa_level() {
+  const std::string name = g_isa.name;
+  return name == "avx512_vpopcntdq" ? 2 : name == "avx2" ? 1 : 0;
+}
+
+namespace {
+
 Isa isa_by_name(const std::string& name) {
   if (name == "avx512_vpopcntdq") return {"avx512_vpopcntdq", headhub::isa_avx512::gemm, 1};
   if (name == "avx2") return {"avx2", headhub::isa_avx2::gemm, 2};
