@@ -2,7 +2,7 @@
 
 from service.training.data import InvalidTrainingData, TrainingCancelled
 from service.training.params import HEAD_TYPES, InvalidParams, parse_params
-from service.training.scoring import score, score_binary
+from service.training.scoring import score
 from service.training.trainer import TrainedHead, train_head
 
 __all__ = [
@@ -13,6 +13,5 @@ __all__ = [
     "TrainingCancelled",
     "parse_params",
     "score",
-    "score_binary",
     "train_head",
 ]

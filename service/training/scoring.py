@@ -1,5 +1,6 @@
 """Reference scoring of exported head weights; the trainer's final metrics are computed with it,
-so they describe exactly the weights that get registered (binary heads via XNOR-popcount)."""
+so they describe exactly the weights that get registered (binary heads by the served
+`binary_logits`, on the popcount kernel)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,6 @@ import torch
 from torch import Tensor
 
 from service.heads.evaluate import binary_logits
-
-
-def score_binary(
-    x_bits: np.ndarray, weight_bits: np.ndarray, scale: np.ndarray, bias: np.ndarray, dim: int
-) -> np.ndarray:
-    """scale * (D - 2 * popcount(x XOR w)) + bias, for (N, B) and (C, B) packed bits -> (N, C):
-    the served computation itself (`service.heads.evaluate.binary_logits`)."""
-    return binary_logits(x_bits, weight_bits, scale, bias, dim)
 
 
 def score(
@@ -29,7 +22,7 @@ def score(
     if head_type == "binary":
         assert x_bits is not None
         return torch.from_numpy(
-            score_binary(
+            binary_logits(
                 x_bits,
                 weights["weight_bits"].numpy(),
                 weights["scale"].numpy(),

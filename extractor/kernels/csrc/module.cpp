@@ -28,36 +28,34 @@ struct Isa {
   const char* name;
   GemmFn gemm;
   int split;  // 2: weights stored nibble-split (AVX2), 1: plain interleaved
+  int level;  // active_isa_level(): 2 AVX-512, 1 AVX2, 0 scalar
 };
 
 Isa detect_isa() {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq"))
-    return {"avx512_vpopcntdq", headhub::isa_avx512::gemm, 1};
+    return {"avx512_vpopcntdq", headhub::isa_avx512::gemm, 1, 2};
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
-    return {"avx2", headhub::isa_avx2::gemm, 2};
-  if (__builtin_cpu_supports("popcnt")) return {"popcnt", headhub::isa_popcnt::gemm, 1};
+    return {"avx2", headhub::isa_avx2::gemm, 2, 1};
+  if (__builtin_cpu_supports("popcnt")) return {"popcnt", headhub::isa_popcnt::gemm, 1, 0};
 #endif
-  return {"portable", headhub::isa_generic::gemm, 1};
+  return {"portable", headhub::isa_generic::gemm, 1, 0};
 }
 
 Isa g_isa = detect_isa();
 
 }  // namespace
 
-int headhub::active_isa_level() {
-  const std::string name = g_isa.name;
-  return name == "avx512_vpopcntdq" ? 2 : name == "avx2" ? 1 : 0;
-}
+int headhub::active_isa_level() { return g_isa.level; }
 
 namespace {
 
 Isa isa_by_name(const std::string& name) {
-  if (name == "avx512_vpopcntdq") return {"avx512_vpopcntdq", headhub::isa_avx512::gemm, 1};
-  if (name == "avx2") return {"avx2", headhub::isa_avx2::gemm, 2};
-  if (name == "popcnt") return {"popcnt", headhub::isa_popcnt::gemm, 1};
-  if (name == "portable") return {"portable", headhub::isa_generic::gemm, 1};
+  if (name == "avx512_vpopcntdq") return {"avx512_vpopcntdq", headhub::isa_avx512::gemm, 1, 2};
+  if (name == "avx2") return {"avx2", headhub::isa_avx2::gemm, 2, 1};
+  if (name == "popcnt") return {"popcnt", headhub::isa_popcnt::gemm, 1, 0};
+  if (name == "portable") return {"portable", headhub::isa_generic::gemm, 1, 0};
   throw std::invalid_argument("unknown instruction set: " + name);
 }
 
@@ -119,8 +117,8 @@ struct Epilogue {
   float* out;             // (M, O)
   int64_t O;
   // Element strides of the residual as (N, Ho, Wo, O); rs[3] == 1 reads each row contiguously.
-  // A conv given an NCHW residual (the output of a real downsample conv) gathers each row,
-  // instead of the caller copying the whole tensor to channels-last first.
+  // Other layouts are gathered row by row (BinaryConvPlan avoids that for a stage's NCHW input
+  // by writing a channels-last copy while packing it).
   int64_t rs[4] = {0, 0, 0, 1};
   // Packed output instead of floats (two binary layers in a row, e.g. AlexNet): the next layer's
   // sign bit of output o is (dot >= thr[o]) XOR flip[o], the whole float affine + sign folded
@@ -131,6 +129,7 @@ struct Epilogue {
                                   // follows, then ops.or_pool flips)
   uint8_t* bits = nullptr;
   int64_t bits_row = 0;
+  bool bits_avx2 = false;  // the active ISA has AVX2 (so the tests reach the scalar path too)
 };
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -144,13 +143,8 @@ __attribute__((target("avx2"))) inline uint32_t threshold_byte_avx2(const int32_
   const __m256i ge = _mm256_cmpgt_epi32(dot, _mm256_sub_epi32(t, _mm256_set1_epi32(1)));
   return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(ge)));
 }
-const bool g_avx2 = [] {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
-}();
 #else
 inline uint32_t threshold_byte_avx2(const int32_t*, int32_t, const int32_t*) { return 0; }
-const bool g_avx2 = false;
 #endif
 
 // Output bits of one row segment [o0, o0 + n), o0 a multiple of 8: whole bytes, so that
@@ -160,7 +154,7 @@ void finish_row_bits(const Epilogue& e, int64_t m, int64_t o0, const int32_t* cn
   uint8_t* row = e.bits + m * e.bits_row;
   for (int64_t j0 = 0; j0 < n; j0 += 8) {
     uint32_t byte = 0;
-    if (g_avx2 && j0 + 8 <= n) {
+    if (e.bits_avx2 && j0 + 8 <= n) {
       byte = threshold_byte_avx2(cnt + j0, kvalid, e.thr + o0 + j0);
     } else {
       for (int64_t j = j0; j < std::min<int64_t>(n, j0 + 8); ++j)
@@ -297,6 +291,7 @@ void set_bits_output(Epilogue& ep, py::array& out, int ndim, const py::object& t
   ep.flip = reinterpret_cast<const uint8_t*>(optional_vec<uint64_t>(flip, "flip", (ep.O + 63) / 64));
   ep.bits = reinterpret_cast<uint8_t*>(data_of<uint64_t>(out, "out", ndim));
   ep.bits_row = out.shape(ndim - 1) * 8;
+  ep.bits_avx2 = g_isa.level >= 1;
   if (out.shape(ndim - 1) != (ep.O + 63) / 64)
     throw std::invalid_argument("out: packed output needs ceil(O/64) words per row");
   if (ep.scale || ep.bias || ep.residual)
