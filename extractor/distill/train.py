@@ -129,7 +129,7 @@ class Trainer:
         # forward_features/forward_head/feature_dim/pretrained_cfg, which nn.Module cannot type.
         student: Any = create_model(cfg.arch, **cfg.arch_overrides)
         self.student = student.to(self.device, memory_format=CL)
-        self.teacher = load_teacher(self.device)
+        self.teacher = load_teacher(self.device, fold_bn=True)
         self.teacher.to(memory_format=CL)  # type: ignore[call-overload]
         dims = int(self.student.feature_dim), EfficientNetLite0.FEATURE_DIM
         self.proj = nn.Linear(*dims).to(self.device)  # throwaway: student -> teacher features

@@ -28,9 +28,9 @@ def shared_teacher() -> Iterator[None]:
     """Load the frozen teacher once per module: every Trainer would otherwise re-read 19 MB."""
     import extractor.distill.train as train_mod
 
-    teacher = train_mod.load_teacher("cpu")
+    teacher = train_mod.load_teacher("cpu", fold_bn=True)
     mp = pytest.MonkeyPatch()
-    mp.setattr(train_mod, "load_teacher", lambda device="cpu": teacher)
+    mp.setattr(train_mod, "load_teacher", lambda device="cpu", fold_bn=False: teacher)
     yield
     mp.undo()
 

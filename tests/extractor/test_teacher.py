@@ -12,6 +12,7 @@ skdata = pytest.importorskip("skimage.data")
 
 from extractor.teacher import (  # noqa: E402
     EfficientNetLite0,
+    fold_batchnorm,
     load_teacher,
     normalize_uint8,
     teacher_weights_path,
@@ -74,3 +75,16 @@ def test_teacher_is_frozen_in_eval_mode(teacher: EfficientNetLite0) -> None:
 def test_normalize_maps_0_255_to_teacher_range() -> None:
     x = torch.tensor([0.0, 127.0, 255.0])
     torch.testing.assert_close(normalize_uint8(x), torch.tensor([-127 / 128, 0.0, 1.0]))
+
+
+def test_folded_batchnorm_is_the_same_function(teacher: EfficientNetLite0) -> None:
+    folded = fold_batchnorm(teacher)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = normalize_uint8(torch.stack([_center_224(skdata.chelsea()), _center_224(skdata.coffee())]))
+    with torch.no_grad():
+        ref, got = teacher.forward_features(x), folded.forward_features(x)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            folded.forward_head(got), teacher.forward_head(ref), rtol=1e-4, atol=1e-3
+        )
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())  # a copy
