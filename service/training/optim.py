@@ -1,4 +1,4 @@
-"""AdamW written out, instead of `torch.optim`.
+"""AdamW and L-BFGS written out, instead of `torch.optim`.
 
 Constructing any `torch.optim` optimizer imports `torch._dynamo` (and sympy) on first use: tens of
 seconds on a busy machine, paid by every fresh worker process, and two threads doing that first
@@ -8,7 +8,7 @@ import at once stall each other. The update below is the same decoupled-weight-d
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -69,4 +69,62 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     ]
 
 
-__all__ = ["AdamW", "parameter_groups"]
+def lbfgs(
+    f: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    max_iter: int,
+    history: int = 20,
+    gtol: float = 1e-5,
+    ftol: float = 1e-9,
+) -> torch.Tensor:
+    """Minimise a smooth function of the flat vector `x`; `f(x) -> (value, gradient)`.
+
+    Limited-memory BFGS (Nocedal & Wright, algorithm 7.4: two-loop recursion, initial Hessian
+    scaled by s'y / y'y) with a backtracking Armijo line search, which suffices for the convex
+    losses it serves. Stops after `max_iter` iterations, when the largest gradient entry is below
+    `gtol`, or when the value changes by less than `ftol` relative.
+    """
+    fx, g = f(x)
+    ss: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    for _ in range(max_iter):
+        if float(g.abs().max()) < gtol:
+            break
+        q = g.clone()
+        alphas = []
+        for s, y in zip(reversed(ss), reversed(ys), strict=True):
+            a = float(s @ q) / float(y @ s)
+            q -= a * y
+            alphas.append(a)
+        if ss:
+            q *= float(ss[-1] @ ys[-1]) / float(ys[-1] @ ys[-1])
+        else:
+            q /= max(1.0, float(g.norm()))  # first step: a short steepest descent
+        for s, y, a in zip(ss, ys, reversed(alphas), strict=True):
+            q += (a - float(y @ q) / float(y @ s)) * s
+        d, slope, t = -q, -float(g @ q), 1.0
+        if slope >= 0:  # not a descent direction (numerical trouble): restart from the gradient
+            ss.clear()
+            ys.clear()
+            d, slope = -g, -float(g @ g)
+        for _ in range(40):
+            fn, gn = f(x + t * d)
+            if float(fn) <= float(fx) + 1e-4 * t * slope:
+                break
+            t *= 0.5
+        else:
+            break  # no decrease found: at the optimum to float precision
+        s, y = t * d, gn - g
+        x, change = x + s, abs(float(fx) - float(fn))
+        fx, g = fn, gn
+        if float(s @ y) > 1e-10:
+            ss.append(s)
+            ys.append(y)
+            if len(ss) > history:
+                del ss[0], ys[0]
+        if change <= ftol * max(1.0, abs(float(fx))):
+            break
+    return x
+
+
+__all__ = ["AdamW", "lbfgs", "parameter_groups"]

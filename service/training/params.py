@@ -37,6 +37,14 @@ class _Common(BaseModel):
 class FloatParams(_Common):
     """Paper (b): a floating-point last layer, multinomial logistic regression."""
 
+    # "lbfgs": full batch, L2 penalty chosen by k-fold cross-validation (service/training/lbfgs.py;
+    # `epochs` bounds the L-BFGS iterations per fit, batch_size/lr/patience/monitor are unused).
+    # "adam": mini-batch AdamW with early stopping on the validation part (the earlier default).
+    solver: Literal["lbfgs", "adam"] = "lbfgs"
+    # Fixed L2 penalty on the weights (lbfgs); None chooses it by cross-validation.
+    l2: float | None = Field(None, ge=0.0, le=100.0)
+    folds: int = Field(5, ge=2, le=20)
+
     # Big batches: a linear head needs few, cheap steps (5k x 512 trains in well under a second).
     batch_size: int = Field(1024, ge=1, le=65_536)
 

@@ -20,10 +20,11 @@ from service.training.data import (
     unpack_bits,
 )
 from service.training.heads import BinaryHead, FloatHead, MlpHead
+from service.training.lbfgs import fit_lbfgs
 from service.training.loop import ProgressCallback, StopCheck, fit
 from service.training.metrics import classification_report
 from service.training.optim import AdamW
-from service.training.params import BinaryParams, MlpParams, Params, parse_params
+from service.training.params import BinaryParams, FloatParams, MlpParams, Params, parse_params
 from service.training.scoring import score
 
 CALIBRATION_STEPS = 200
@@ -79,16 +80,19 @@ def train_head(
     weights_c = class_weights(y_tr, len(labels), cfg.class_balance)
 
     model = _build(head_type, cfg, x_tr, y_tr, len(labels), generator)
-    result = fit(
-        model,
-        (x_tr, y_tr, x_val, y_val),
-        weights_c,
-        cfg,
-        generator,
-        progress_cb,
-        should_stop,
-        monitor=cfg.monitor,
-    )
+    if isinstance(model, FloatHead) and isinstance(cfg, FloatParams) and cfg.solver == "lbfgs":
+        result = fit_lbfgs(model, x_tr, y_tr, weights_c, cfg, generator, progress_cb, should_stop)
+    else:
+        result = fit(
+            model,
+            (x_tr, y_tr, x_val, y_val),
+            weights_c,
+            cfg,
+            generator,
+            progress_cb,
+            should_stop,
+            monitor=cfg.monitor,
+        )
     if isinstance(model, BinaryHead) and isinstance(cfg, BinaryParams) and cfg.calibrate:
         _calibrate(model, x_tr, y_tr, weights_c)
     weights = model.export()

@@ -231,7 +231,9 @@ def _run_in_thread(worker: Worker) -> threading.Thread:
 def test_cancel_of_a_running_job_stops_it_and_it_is_not_retried(client, factory, tenant) -> None:
     creds, ds = tenant
     drain(factory)
-    job_id = add_job(factory, creds.id, ds, params={"epochs": 10_000, "patience": 0})
+    job_id = add_job(
+        factory, creds.id, ds, params={"epochs": 10_000, "patience": 0, "solver": "adam"}
+    )
     thread = _run_in_thread(make_worker(client, train_epoch_delay_s=0.01))
     wait_for(lambda: job_row(factory, job_id).progress > 0.2)  # training epochs are under way
     r = client.post(f"/v1/jobs/{job_id}/cancel", headers=creds.owner_headers)
@@ -247,7 +249,9 @@ def test_cancel_of_a_running_job_stops_it_and_it_is_not_retried(client, factory,
 def test_a_worker_that_lost_its_lease_drops_its_result(client, factory, tenant) -> None:
     creds, ds = tenant
     drain(factory)
-    job_id = add_job(factory, creds.id, ds, params={"epochs": 10_000, "patience": 0})
+    job_id = add_job(
+        factory, creds.id, ds, params={"epochs": 10_000, "patience": 0, "solver": "adam"}
+    )
     thread = _run_in_thread(make_worker(client, train_epoch_delay_s=0.01))
     wait_for(lambda: job_row(factory, job_id).progress > 0.2)
     future = utcnow() + timedelta(seconds=60)  # as if the lease had long expired
@@ -267,7 +271,9 @@ def test_shutdown_hands_a_running_job_back_without_using_up_an_attempt(
 ) -> None:
     creds, ds = tenant
     drain(factory)
-    job_id = add_job(factory, creds.id, ds, params={"epochs": 10_000, "patience": 0})
+    job_id = add_job(
+        factory, creds.id, ds, params={"epochs": 10_000, "patience": 0, "solver": "adam"}
+    )
     worker = make_worker(client, train_epoch_delay_s=0.01, worker_grace_s=0.3)
     runner = threading.Thread(target=worker.run, kwargs={"install_signals": False}, daemon=True)
     runner.start()

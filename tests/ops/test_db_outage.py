@@ -131,7 +131,13 @@ def test_a_job_running_through_the_outage_still_succeeds_once(
             "dataset_id": dataset_id,
             "head": "through-outage",
             "head_type": "float",
-            "params": {"epochs": 60, "patience": 0, "batch_size": 512, "lr": 0.05},
+            "params": {
+                "epochs": 60,
+                "patience": 0,
+                "batch_size": 512,
+                "lr": 0.05,
+                "solver": "adam",
+            },
         },
     )
     assert r.status_code == 202, r.text

@@ -156,6 +156,40 @@ def test_without_validation_split_metrics_come_from_training_data() -> None:
     assert sum(v["support"] for v in m["per_class"].values()) == len(y)
 
 
+def test_lbfgs_solver_reaches_the_penalised_optimum() -> None:
+    x, bits, y, labels = blobs(spread=3.0)  # overlapping: the optimum is finite
+    head = train_head("float", x, bits, y, labels, {"l2": 0.05}, seed=0, validation_fraction=0.0)
+    assert [h["l2"] for h in head.metrics["history"]] == [0.05]
+    # Undo the export's folding and check the gradient of the penalised objective vanishes there.
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    mean, std = xt.mean(0), xt.std(0, unbiased=False).clamp_min(1e-6)
+    w = (head.weights["weight"] * std).requires_grad_(True)
+    b = (head.weights["bias"] + head.weights["weight"] @ mean).requires_grad_(True)
+    weights = torch.bincount(yt).float().reciprocal() * len(yt) / len(labels)
+    loss = torch.nn.functional.cross_entropy(((xt - mean) / std) @ w.T + b, yt, weight=weights)
+    (loss + 0.05 * w.square().sum()).backward()
+    assert float(w.grad.abs().max()) < 1e-3 and float(b.grad.abs().max()) < 1e-3
+
+
+def test_lbfgs_cross_validates_the_penalty_and_reports_each_as_progress() -> None:
+    from service.training.lbfgs import L2_GRID
+
+    x, bits, y, labels = blobs(spread=3.0)
+    seen: list[tuple[float, dict]] = []
+    head = train_head(
+        "float", x, bits, y, labels, seed=0, progress_cb=lambda f, m: seen.append((f, m))
+    )
+    history = head.metrics["history"]
+    assert [h["l2"] for h in history] == list(L2_GRID)
+    best = history[head.metrics["best_epoch"] - 1]
+    assert best["val_top1"] == max(h["val_top1"] for h in history)  # balanced classes
+    assert [f for f, _ in seen] == [i / (len(L2_GRID) + 1) for i in range(1, len(L2_GRID) + 1)] + [
+        1.0
+    ]
+    with pytest.raises(TrainingCancelled):
+        train_head("float", x, bits, y, labels, should_stop=lambda: True)
+
+
 def test_progress_is_reported_every_epoch_and_should_stop_cancels() -> None:
     x, bits, y, labels = blobs()
     seen: list[tuple[float, dict]] = []
@@ -166,7 +200,7 @@ def test_progress_is_reported_every_epoch_and_should_stop_cancels() -> None:
             bits,
             y,
             labels,
-            {"epochs": 50, "patience": 0},
+            {"epochs": 50, "patience": 0, "solver": "adam"},
             seed=0,
             progress_cb=lambda f, m: seen.append((f, m)),
             should_stop=lambda: len(seen) >= 3,
