@@ -41,6 +41,10 @@ def topk(scores: torch.Tensor, y: np.ndarray, k: int) -> float:
     return float(hits.float().mean())
 
 
+def scored(scores: torch.Tensor, y: np.ndarray, train_seconds: float) -> dict:  # type: ignore[type-arg]
+    return {"top1": topk(scores, y, 1), "top5": topk(scores, y, 5), "train_seconds": train_seconds}
+
+
 def over_seeds(runs: list[dict]) -> dict:  # type: ignore[type-arg]
     """Mean top-1/top-5 of one row trained with several seeds, with the spread kept.
 
@@ -73,13 +77,7 @@ def head_row(head_type: str, task: Task, train: tuple, test: tuple, seeds: list[
             validation_fraction=0.0 if head_type == "float" else 0.2,
         )
         s = score(head_type, trained.weights, f_te, b_te, f_tr.shape[1])
-        runs.append(
-            {
-                "top1": topk(s, task.y_test, 1),
-                "top5": topk(s, task.y_test, 5),
-                "train_seconds": trained.metrics["train_seconds"],
-            }
-        )
+        runs.append(scored(s, task.y_test, trained.metrics["train_seconds"]))
     return over_seeds(runs)
 
 
@@ -140,13 +138,7 @@ def run_task(task: Task, args: argparse.Namespace, log) -> dict[str, dict]:  # t
                 log=log,
             )
             s = predict_scores(net, task.x_test)
-            runs.append(
-                {
-                    "top1": topk(s, task.y_test, 1),
-                    "top5": topk(s, task.y_test, 5),
-                    "train_seconds": round(time.perf_counter() - t0, 1),
-                }
-            )
+            runs.append(scored(s, task.y_test, round(time.perf_counter() - t0, 1)))
         results["scratch"] = over_seeds(runs)
         log(f"  scratch: {results['scratch']}")
     return results

@@ -18,7 +18,13 @@ from torch import Tensor
 
 from service.training.data import TrainingCancelled
 from service.training.heads import FloatHead
-from service.training.loop import MIN_DELTA, FitResult, ProgressCallback, StopCheck
+from service.training.loop import (
+    MIN_DELTA,
+    FitResult,
+    ProgressCallback,
+    StopCheck,
+    weighted_top1,
+)
 from service.training.optim import lbfgs
 from service.training.params import FloatParams
 
@@ -92,7 +98,6 @@ def fit_lbfgs(
     if search:
         fold = stratified_folds(y, k, generator)
         heads = [FloatHead(head.mean, head.std, head.linear.out_features) for _ in range(k)]
-        w = class_weights[y]
         for i, l2 in enumerate(L2_GRID, start=1):
             check_stop(f"penalty {l2}")
             logits = torch.empty(len(y), head.linear.out_features)
@@ -102,14 +107,13 @@ def fit_lbfgs(
                 train_loss += minimize(fold_head, x[tr], y[tr], class_weights, l2, cfg.epochs) / k
                 with torch.no_grad():
                     logits[te] = fold_head(x[te])
-            hit = (logits.argmax(1) == y).float()
-            score = -float((w * hit).sum() / w.sum())
+            score = -weighted_top1(logits, y, class_weights)
             entry: dict[str, object] = {
                 "epoch": i,
                 "l2": l2,
                 "train_loss": round(train_loss, 6),
                 "val_loss": round(float(F.cross_entropy(logits, y, weight=class_weights)), 6),
-                "val_top1": round(float(hit.mean()), 6),
+                "val_top1": round(float((logits.argmax(1) == y).float().mean()), 6),
             }
             history.append(entry)
             if score < best_score - MIN_DELTA:

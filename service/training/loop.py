@@ -33,6 +33,15 @@ class FitResult:
 
 
 @torch.no_grad()
+def weighted_top1(logits: Tensor, y: Tensor, class_weights: Tensor | None) -> float:
+    """Top-1 accuracy with each example weighted by its class weight, as in the loss (balanced
+    accuracy under `class_balance`): what `monitor="top1"` and the float solver's CV maximise."""
+    w = torch.ones(len(y)) if class_weights is None else class_weights[y]
+    hit = (logits.argmax(dim=1) == y).float()
+    return float((w * hit).sum() / w.sum())
+
+
+@torch.no_grad()
 def weighted_loss(model: nn.Module, x: Tensor, y: Tensor, weights: Tensor) -> float:
     return float(F.cross_entropy(model(x), y, weight=weights))
 
@@ -89,10 +98,8 @@ def fit(
             val_top1 = topk_accuracy(logits, y_val, 1)
             entry["val_loss"] = round(val_loss, 6)
             entry["val_top1"] = round(val_top1, 6)
-            if monitor == "top1":  # weighted like the loss: balanced accuracy with class_balance
-                w = torch.ones(len(y_val)) if class_weights is None else class_weights[y_val]
-                hit = (logits.argmax(dim=1) == y_val).float()
-                monitored = -float((w * hit).sum() / w.sum())
+            if monitor == "top1":
+                monitored = -weighted_top1(logits, y_val, class_weights)
             else:
                 monitored = val_loss
         else:

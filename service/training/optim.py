@@ -85,27 +85,26 @@ def lbfgs(
     `gtol`, or when the value changes by less than `ftol` relative.
     """
     fx, g = f(x)
-    ss: list[torch.Tensor] = []
-    ys: list[torch.Tensor] = []
+    pairs: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (s, y, 1 / y's), newest last
     for _ in range(max_iter):
         if float(g.abs().max()) < gtol:
             break
         q = g.clone()
         alphas = []
-        for s, y in zip(reversed(ss), reversed(ys), strict=True):
-            a = float(s @ q) / float(y @ s)
+        for s, y, rho in reversed(pairs):
+            a = rho * float(s @ q)
             q -= a * y
             alphas.append(a)
-        if ss:
-            q *= float(ss[-1] @ ys[-1]) / float(ys[-1] @ ys[-1])
+        if pairs:
+            s, y, rho = pairs[-1]
+            q /= rho * float(y @ y)  # initial Hessian: s'y / y'y
         else:
             q /= max(1.0, float(g.norm()))  # first step: a short steepest descent
-        for s, y, a in zip(ss, ys, reversed(alphas), strict=True):
-            q += (a - float(y @ q) / float(y @ s)) * s
+        for (s, y, rho), a in zip(pairs, reversed(alphas), strict=True):
+            q += (a - rho * float(y @ q)) * s
         d, slope, t = -q, -float(g @ q), 1.0
         if slope >= 0:  # not a descent direction (numerical trouble): restart from the gradient
-            ss.clear()
-            ys.clear()
+            pairs.clear()
             d, slope = -g, -float(g @ g)
         for _ in range(40):
             fn, gn = f(x + t * d)
@@ -117,11 +116,11 @@ def lbfgs(
         s, y = t * d, gn - g
         x, change = x + s, abs(float(fx) - float(fn))
         fx, g = fn, gn
-        if float(s @ y) > 1e-10:
-            ss.append(s)
-            ys.append(y)
-            if len(ss) > history:
-                del ss[0], ys[0]
+        sy = float(s @ y)
+        if sy > 1e-10:
+            pairs.append((s, y, 1.0 / sy))
+            if len(pairs) > history:
+                del pairs[0]
         if change <= ftol * max(1.0, abs(float(fx))):
             break
     return x
