@@ -41,8 +41,10 @@ __all__ = [
     "CheckpointError",
     "LoadedExtractor",
     "checkpoint_provenance",
+    "fold_real_batch_norms",
     "load_checkpoint",
     "load_trainable",
+    "restamp_preprocessing",
     "save_checkpoint",
 ]
 
@@ -110,6 +112,11 @@ def save_checkpoint(
         "parameters": _count_parameters(model, skip),
         "has_head": include_head,
     }
+    return _write(tensors, meta, path)
+
+
+def _write(tensors: dict[str, Tensor], meta: dict[str, Any], path: str | Path) -> str:
+    """Serialise atomically; the id is the SHA-256 of the bytes written."""
     # One metadata key: safetensors writes its metadata map in random order, and the id must be
     # a function of the content only.
     data = st_save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
@@ -119,6 +126,33 @@ def save_checkpoint(
     tmp.write_bytes(data)
     tmp.replace(path)
     return hashlib.sha256(data).hexdigest()
+
+
+def restamp_preprocessing(path: str | Path, out: str | Path, note: str) -> str:
+    """Give the checkpoint at `path` the preprocessing its architecture's code now declares.
+
+    The weights stay byte for byte; `pretrained_cfg` is replaced and the change is appended to
+    the provenance's `changes` (with `note`), so the new file (a new id) says how it was made.
+    """
+    data = Path(path).read_bytes()
+    meta = _read_metadata(data)
+    with torch.device("meta"):
+        new_cfg = create_model(meta["arch"], **meta["config"]).pretrained_cfg
+    if new_cfg == meta["pretrained_cfg"]:
+        raise CheckpointError(f"{path} already has its architecture's preprocessing")
+    change = {
+        "what": "pretrained_cfg",
+        "from": meta["pretrained_cfg"],
+        "to": new_cfg,
+        "parent": hashlib.sha256(data).hexdigest(),
+        "note": note,
+    }
+    meta["provenance"] = {
+        **meta["provenance"],
+        "changes": [*meta["provenance"].get("changes", []), change],
+    }
+    meta["pretrained_cfg"] = new_cfg
+    return _write(st_load(data), meta, out)
 
 
 class _MissingHead(nn.Module):
@@ -186,7 +220,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module | Tensor) -> No
     setattr(root.get_submodule(parent_name) if parent_name else root, leaf, module)
 
 
-def _fold_real_batch_norms(model: nn.Module) -> None:
+def fold_real_batch_norms(model: nn.Module) -> None:
     """Fold every eval-mode BatchNorm2d that directly follows a real Conv2d into the conv.
 
     One op instead of two in the inference network, for the float reference and the fast path
@@ -244,7 +278,7 @@ def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT) -> LoadedExtractor:
         raise CheckpointError(f"checkpoint {path} lacks tensors: {missing[:5]}")
     model.pretrained_cfg = meta["pretrained_cfg"]
     model.eval().requires_grad_(False)
-    _fold_real_batch_norms(model)
+    fold_real_batch_norms(model)
     return LoadedExtractor(
         model=model,
         id=hashlib.sha256(data).hexdigest(),
@@ -375,12 +409,22 @@ def _main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m extractor.checkpoint")
     parser.add_argument("--init-default", action="store_true", help="write the random-init default")
+    parser.add_argument(
+        "--restamp-preprocessing",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="write CHECKPOINT to --out with the preprocessing its architecture now declares",
+    )
+    parser.add_argument("--note", default="", help="why (kept in the provenance)")
     parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not args.init_default:
-        parser.error("nothing to do (use --init-default)")
-    print(init_default_checkpoint(args.out, args.seed), args.out)
+    if args.restamp_preprocessing:
+        print(restamp_preprocessing(args.restamp_preprocessing, args.out, args.note), args.out)
+    elif args.init_default:
+        print(init_default_checkpoint(args.out, args.seed), args.out)
+    else:
+        parser.error("nothing to do (use --init-default or --restamp-preprocessing)")
 
 
 if __name__ == "__main__":

@@ -55,13 +55,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_pretrained_cfg(input_size: int) -> dict[str, Any]:
+def make_pretrained_cfg(input_size: int, crop_pct: float = CROP_PCT) -> dict[str, Any]:
     """Preprocessing that travels with the weights: RGB in [0, 1], ImageNet mean/std."""
     return {
         "input_size": [3, input_size, input_size],
-        "resize": round(input_size / CROP_PCT),
+        "resize": round(input_size / crop_pct),
         "crop": "center",
-        "crop_pct": CROP_PCT,
+        "crop_pct": crop_pct,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "interpolation": "bilinear",

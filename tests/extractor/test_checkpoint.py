@@ -16,6 +16,7 @@ from extractor.checkpoint import (
     DEFAULT_CHECKPOINT,
     CheckpointError,
     load_checkpoint,
+    restamp_preprocessing,
     save_checkpoint,
 )
 from extractor.cli import app
@@ -97,6 +98,30 @@ def test_id_is_sha256_of_file_and_stable_across_saves(tmp_path: Path) -> None:
     assert load_checkpoint(a).id == ida
     other = save_checkpoint(model, b, {"kind": "test", "steps": 2})
     assert other != ida
+
+
+def test_restamp_changes_only_the_preprocessing_and_records_it(tmp_path: Path) -> None:
+    model = _trained_tiny("birealnet_112")
+    old_cfg = {**model.pretrained_cfg, "resize": 36, "crop_pct": 0.875}  # an earlier default
+    model.pretrained_cfg = old_cfg
+    src, out = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
+    old_id = save_checkpoint(model, src, PROVENANCE)
+    new_id = restamp_preprocessing(src, out, note="why")
+    old, new = load_checkpoint(src), load_checkpoint(out)
+    assert new.id == new_id != old_id
+    assert old.pretrained_cfg == old_cfg
+    declared = create_model("birealnet_112", **TINY["birealnet_112"]).pretrained_cfg
+    assert new.pretrained_cfg == declared
+    [change] = new.metadata["provenance"]["changes"]
+    assert change["from"] == old_cfg and change["to"] == new.pretrained_cfg
+    assert change["parent"] == old_id and change["note"] == "why"
+    assert new.metadata["provenance"]["kind"] == "test"
+    with safe_open(src, "pt") as a, safe_open(out, "pt") as b:  # the weights, byte for byte
+        names = a.keys()
+        assert set(names) == set(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in names)
+    with pytest.raises(CheckpointError, match="already"):
+        restamp_preprocessing(out, tmp_path / "again.safetensors", note="")
 
 
 def test_loaded_model_is_frozen_in_eval_and_has_no_head_unless_saved(tmp_path: Path) -> None:

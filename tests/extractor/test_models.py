@@ -35,7 +35,7 @@ def test_default_birealnet_has_the_designed_size() -> None:
     assert real - binary == 184_256
     assert model.feature_dim == 512
     assert model.pretrained_cfg["input_size"] == [3, 112, 112]
-    assert model.pretrained_cfg["resize"] == 128 and model.pretrained_cfg["crop"] == "center"
+    assert model.pretrained_cfg["resize"] == 112  # the whole image, no centre crop
 
 
 @pytest.mark.parametrize(
