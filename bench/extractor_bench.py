@@ -8,9 +8,13 @@ dynamic batch) and reports images/s and the p50 latency of one batch, for:
   (±1 weights and activations in float tensors, BN folded);
 - `binary (fast)`: the registered fast kernels, when `extractor.inference` has one;
 - `float`: the training module of the same architecture with binarization off (real weights and
-  activations), i.e. the network the paper compares against;
-- `float teacher`: EfficientNet-Lite0 (`extractor.teacher`) at its native 224 px, the network the
-  binary extractor was distilled from and whose features give the transfer table's teacher row.
+  activations), i.e. the network the paper compares against, with the batch norms after its real
+  convs folded into them as the checkpoint's inference network has;
+- `float teacher`: EfficientNet-Lite0 (`extractor.teacher`) at its native 224 px with its batch
+  norms folded (`teacher.fold_batchnorm`), the network the binary extractor was distilled from
+  and whose features give the transfer table's teacher row.
+The float baselines get the same inference-time folding as the binary network, so the ratios
+compare like with like.
 Sizes: the checkpoint file against float32 storage of the same parameters and the teacher's.
 Runs with `keep_freed_memory()`, as the extractor server does. Writes Markdown to
 `bench/results/extractor.md`.
@@ -31,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from extractor.checkpoint import DEFAULT_CHECKPOINT, fold_real_batch_norms, load_checkpoint
 from extractor.inference import keep_freed_memory, select_path
 from extractor.models import create_model, set_binarize
 
@@ -61,14 +65,15 @@ def load_bench_teacher() -> tuple[torch.nn.Module | None, str]:
     architecture randomly initialised: identical cost) and a note saying which; None without the
     distill extra."""
     try:
-        from extractor.teacher import EfficientNetLite0, load_teacher
+        from extractor.teacher import EfficientNetLite0, fold_batchnorm, load_teacher
     except ImportError as exc:
         return None, f"absent ({exc})"
     try:
-        return load_teacher(), "EfficientNet-Lite0, pretrained weights"
+        return load_teacher(fold_bn=True), "EfficientNet-Lite0, pretrained weights, BN folded"
     except Exception as exc:  # weights package not installed: the cost does not depend on them
-        model = EfficientNetLite0().eval().requires_grad_(False)
-        return model, f"EfficientNet-Lite0, random init (weights unavailable: {type(exc).__name__})"
+        model = fold_batchnorm(EfficientNetLite0().eval().requires_grad_(False))
+        why = type(exc).__name__
+        return model, f"EfficientNet-Lite0, random init (weights unavailable: {why}), BN folded"
 
 
 def cpu_name() -> str:
@@ -101,10 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         paths[f"binary (fast, {fast.details.get('instruction_set', '?')})"] = fast.forward
     float_model = create_model(loaded.arch, **loaded.metadata["config"]).eval()
     set_binarize(float_model, activations=False, weights=False)
-    paths["float (same architecture)"] = float_model.forward_features  # type: ignore[assignment]
     float_params = sum(
         p.numel() for n, p in float_model.named_parameters() if not n.startswith("head")
     )
+    fold_real_batch_norms(float_model)  # after counting: folding merges BN parameters into biases
+    paths["float (same architecture)"] = float_model.forward_features  # type: ignore[assignment]
     sizes = {name: tuple(loaded.pretrained_cfg["input_size"]) for name in paths}
     teacher, _ = load_bench_teacher()
     teacher_params = 0  # without its 1000-class classifier

@@ -5,8 +5,9 @@
 On the same normalized inputs it times `forward_features` of
 - `fast`: `extractor.fast.build_fast_model` (bit-packed binary layers on the compiled kernels);
 - `reference`: the folded float reference path (`--reference`: ±1 values in float tensors);
-- `teacher`: EfficientNet-Lite0 (`extractor.teacher`), pretrained weights when installed, else the
-  same architecture randomly initialised (identical cost), on the same 112x112 inputs.
+- `teacher`: EfficientNet-Lite0 (`extractor.teacher`, batch norms folded), pretrained weights when
+  installed, else the same architecture randomly initialised (identical cost), on the same
+  112x112 inputs.
 The three are timed round-robin (three calls each per round), so background load hits them
 alike; p50/p90 are per-batch wall latencies of warm calls (as in a server) and of cold ones.
 It then breaks each path down per layer (wall time of each module, and for the fast path the
