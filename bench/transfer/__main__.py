@@ -21,6 +21,7 @@ from bench.transfer.features import TEACHER_CFG, extract
 from bench.transfer.scratch import predict_scores, train_from_scratch
 from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from extractor.models import create_model
+from service.training.metrics import topk_accuracy
 from service.training.scoring import score
 from service.training.trainer import train_head
 
@@ -35,14 +36,13 @@ ROWS = [
 ]
 
 
-def topk(scores: torch.Tensor, y: np.ndarray, k: int) -> float:
-    k = min(k, scores.shape[1])
-    hits = (scores.topk(k, dim=1).indices == torch.from_numpy(y)[:, None]).any(dim=1)
-    return float(hits.float().mean())
-
-
 def scored(scores: torch.Tensor, y: np.ndarray, train_seconds: float) -> dict:  # type: ignore[type-arg]
-    return {"top1": topk(scores, y, 1), "top5": topk(scores, y, 5), "train_seconds": train_seconds}
+    labels = torch.from_numpy(y)
+    return {
+        "top1": topk_accuracy(scores, labels, 1),
+        "top5": topk_accuracy(scores, labels, 5),
+        "train_seconds": train_seconds,
+    }
 
 
 def over_seeds(runs: list[dict]) -> dict:  # type: ignore[type-arg]

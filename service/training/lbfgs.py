@@ -25,6 +25,7 @@ from service.training.loop import (
     StopCheck,
     weighted_top1,
 )
+from service.training.metrics import topk_accuracy
 from service.training.optim import lbfgs
 from service.training.params import FloatParams
 
@@ -113,7 +114,7 @@ def fit_lbfgs(
                 "l2": l2,
                 "train_loss": round(train_loss, 6),
                 "val_loss": round(float(F.cross_entropy(logits, y, weight=class_weights)), 6),
-                "val_top1": round(float((logits.argmax(1) == y).float().mean()), 6),
+                "val_top1": round(topk_accuracy(logits, y, 1), 6),
             }
             history.append(entry)
             if score < best_score - MIN_DELTA:

@@ -32,13 +32,8 @@ pytestmark = pytest.mark.slow
 # A fresh worker process imports torch before it claims anything: tens of seconds on a busy
 # 2-core machine. Poll gently: on SQLite every read here also takes the write lock.
 STARTUP_S = 180.0
-SLOW = {
-    "epochs": 60,
-    "patience": 0,
-    "batch_size": 512,
-    "lr": 0.05,
-    "solver": "adam",
-}  # x epoch delay
+# 60 epochs x the worker's epoch delay: the Adam loop, whose epochs the delay slows down.
+SLOW = {"epochs": 60, "patience": 0, "batch_size": 512, "lr": 0.05, "solver": "adam"}
 
 
 @pytest.fixture(scope="module")
