@@ -155,6 +155,59 @@ def restamp_preprocessing(path: str | Path, out: str | Path, note: str) -> str:
     return _write(st_load(data), meta, out)
 
 
+@torch.no_grad()
+def repool(
+    path: str | Path,
+    out: str | Path,
+    calibration: Tensor,
+    note: str,
+    *,
+    pool: str | None = None,
+    feature_grid: int | None = None,
+) -> str:
+    """Write the checkpoint at `path` to `out` with its final map pooled another way.
+
+    Pooling has no parameters, so a trained network can serve another `pool` or `feature_grid`
+    (`extractor.models.birealnet`); only the feature-centring BN (`feature_norm`) changes: its
+    statistics are measured on `calibration`, a batch of preprocessed images (corpus views, not
+    test images). Every other tensor is kept byte for byte, and the change, its parent id and
+    `note` are appended to the provenance's `changes`.
+    """
+    data = Path(path).read_bytes()
+    meta = _read_metadata(data)
+    changed = {k: v for k, v in (("pool", pool), ("feature_grid", feature_grid)) if v is not None}
+    try:
+        with torch.device("meta"):  # only their configs and pool() are used
+            before: Any = create_model(meta["arch"], **meta["config"])
+            target: Any = create_model(meta["arch"], **{**meta["config"], **changed})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{meta['arch']} cannot pool with {changed}: {exc}") from exc
+    old = {k: getattr(before.config, k) for k in changed}
+    if old == changed:
+        raise CheckpointError(f"{path} already pools that way: {changed}")
+    body: Any = load_checkpoint(path).model  # a BiRealNet: its pool is the one that changes
+    f = torch.cat(
+        [target.pool(body.final(body.stages(body.stem(x)))) for x in calibration.split(256)]
+    )
+    tensors = st_load(data)
+    tensors["feature_norm.running_mean"] = f.mean(0).contiguous()
+    tensors["feature_norm.running_var"] = f.var(0).contiguous()
+    change = {
+        "what": "pooling",
+        "from": old,
+        "to": changed,
+        "feature_norm": f"refitted on {len(calibration)} calibration images",
+        "parent": hashlib.sha256(data).hexdigest(),
+        "note": note,
+    }
+    meta["provenance"] = {
+        **meta["provenance"],
+        "changes": [*meta["provenance"].get("changes", []), change],
+    }
+    meta["config"], meta["feature_dim"] = asdict(target.config), target.feature_dim
+    return _write(tensors, meta, out)
+
+
 class _MissingHead(nn.Module):
     """Stands in for a pretraining head that the checkpoint does not carry."""
 

@@ -134,7 +134,10 @@ def train(
     feature_grid: int | None = typer.Option(
         None,
         min=1,
-        help="export features average-pooled to a g x g grid (default: the architecture's)",
+        help="export features pooled to a g x g grid (default: the architecture's)",
+    ),
+    pool: str | None = typer.Option(
+        None, help="export features pooled avg or avgmax (default: the architecture's)"
     ),
 ) -> None:
     """Distil the EfficientNet-Lite0 teacher into the default binary extractor (issue 6)."""
@@ -145,7 +148,7 @@ def train(
         if export is not None:
             trainer = Trainer.resume(export, device="cpu", threads=threads)
             target = checkpoint or export / "extractor.safetensors"
-            typer.echo(f"exported {target}: id {trainer.export(target, feature_grid)}")
+            typer.echo(f"exported {target}: id {trainer.export(target, feature_grid, pool)}")
             return
         if out is None:
             raise DistillError("--out RUN_DIR is required (or --export RUN_DIR)")
@@ -165,10 +168,39 @@ def train(
             trainer = Trainer(cfg)
         trainer.run()
         target = checkpoint or out / "extractor.safetensors"
-        typer.echo(f"exported {target}: id {trainer.export(target, feature_grid)}")
+        typer.echo(f"exported {target}: id {trainer.export(target, feature_grid, pool)}")
     except DistillError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
+
+
+@app.command()
+def repool(
+    checkpoint: Path = typer.Argument(..., help="trained checkpoint (.safetensors)"),
+    out: Path = typer.Option(..., help="where the re-pooled checkpoint goes"),
+    pool: str | None = typer.Option(None, help="avg or avgmax"),
+    feature_grid: int | None = typer.Option(None, min=1, help="pool to a g x g grid"),
+    note: str = typer.Option(..., help="why (kept in the provenance's changes)"),
+) -> None:
+    """Serve a trained network's features pooled another way (its weights stay as they are).
+
+    The feature-centring batch norm is refitted on views of the distillation corpus's training
+    images (never the transfer benchmark's test images).
+    """
+    from extractor.checkpoint import repool as repool_checkpoint
+    from extractor.distill.corpus import CorpusConfig, build_corpus
+    from extractor.distill.train import calibration_views
+
+    try:
+        pretrained_cfg = load_checkpoint(checkpoint).pretrained_cfg
+        views = calibration_views(build_corpus(CorpusConfig()), pretrained_cfg)
+        ident = repool_checkpoint(
+            checkpoint, out, views, note, pool=pool, feature_grid=feature_grid
+        )
+    except CheckpointError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"wrote {out}: id {ident}")
 
 
 if __name__ == "__main__":

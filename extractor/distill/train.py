@@ -44,7 +44,7 @@ from extractor.teacher import TEACHER_NAME, EfficientNetLite0, load_teacher, nor
 __all__ = ["DistillError", "TrainConfig", "Trainer", "export_run", "lr_at"]
 
 STATE_FILE = "state.pt"
-REGRID_VIEWS = 2048  # corpus views that refit `feature_norm` when export changes the grid
+REPOOL_VIEWS = 2048  # corpus views that refit `feature_norm` when export changes the pooling
 CL = torch.channels_last
 
 
@@ -448,14 +448,14 @@ class Trainer:
         keep = ("steps", "images_seen", "minutes", "command", "date", "init")
         return {"init": {"id": ident, **{k: before[k] for k in keep if k in before}}}
 
-    def export(self, path: Path, feature_grid: int | None = None) -> str:
-        """Pack the student; `feature_grid` re-pools its final map to a g x g grid of features.
+    def export(self, path: Path, feature_grid: int | None = None, pool: str | None = None) -> str:
+        """Pack the student; `feature_grid` / `pool` change how its final map is pooled.
 
-        Distillation trains on globally pooled features (the teacher's are global too); the
-        pooling is parameter-free, so the trained network can serve a finer grid: only the
-        feature-centring BN (`feature_norm`) is refitted, on corpus views.
+        Distillation trains on globally averaged features (the teacher's are too); pooling has
+        no parameters, so the trained network can serve another grid or pooling, with its
+        feature-centring BN refitted on corpus views (`extractor.checkpoint.repool`).
         """
-        from extractor.checkpoint import save_checkpoint
+        from extractor.checkpoint import repool, save_checkpoint
 
         if self.in_stage1():
             raise DistillError(
@@ -464,42 +464,29 @@ class Trainer:
         self._set_stage()
         self.student.eval()
         model = copy.deepcopy(self.student).cpu()
-        provenance = self.provenance()
-        if feature_grid is not None and feature_grid != model.config.feature_grid:
-            model = self._regrid(model, feature_grid)
-            provenance["feature_grid"] = feature_grid
-            provenance["feature_norm"] = f"refitted on {REGRID_VIEWS} corpus views at export"
         model.to(memory_format=torch.contiguous_format)
-        return save_checkpoint(model, path, provenance)
-
-    @torch.no_grad()
-    def _regrid(self, model: nn.Module, grid: int) -> nn.Module:
-        config = {**dataclasses.asdict(model.config), "feature_grid": grid}  # type: ignore[call-overload]
-        new: Any = create_model(self.cfg.arch, **config)
-        kept = {
-            k: v
-            for k, v in model.state_dict().items()
-            if not k.startswith(("feature_norm.", "head."))
-        }
-        new.load_state_dict(kept, strict=False)
-        set_binarize(new, activations=True, weights=True)
-        new.eval()
-        gen = torch.Generator().manual_seed(self.cfg.seed)
-        feats = []
-        for _ in range(REGRID_VIEWS // 128):
-            x = sample_views(self.corpus.train, 128, self.cfg.teacher_size, gen)
-            x = student_input(x, new.pretrained_cfg)
-            feats.append(new.pool(new.final(new.stages(new.stem(x)))))
-        f = torch.cat(feats)
-        new.feature_norm.running_mean.copy_(f.mean(0))
-        new.feature_norm.running_var.copy_(f.var(0))
-        return new
+        ident = save_checkpoint(model, path, self.provenance())
+        if feature_grid is None and pool is None:
+            return ident
+        views = calibration_views(self.corpus, model.pretrained_cfg, self.cfg.teacher_size)
+        note = "chosen at export; the parent is the network as trained"
+        return repool(path, path, views, note, pool=pool, feature_grid=feature_grid)
 
 
-def export_run(out: Path, path: Path, feature_grid: int | None = None) -> str:
+def calibration_views(
+    corpus: Corpus, pretrained_cfg: dict[str, Any], side: int = 128, seed: int = 0
+) -> Tensor:
+    """REPOOL_VIEWS random corpus training views, preprocessed for the student."""
+    gen = torch.Generator().manual_seed(seed)
+    return student_input(sample_views(corpus.train, REPOOL_VIEWS, side, gen), pretrained_cfg)
+
+
+def export_run(
+    out: Path, path: Path, feature_grid: int | None = None, pool: str | None = None
+) -> str:
     """Pack the student stored in run dir `out` into an extractor checkpoint at `path`."""
     trainer = Trainer.resume(out)
-    return trainer.export(path, feature_grid)
+    return trainer.export(path, feature_grid, pool)
 
 
 def command_line() -> str:

@@ -7,10 +7,14 @@ Bannink et al., "Larq Compute Engine" / QuickNet 2021 (real stem and real downsa
     stem:   conv3x3 s2 (real) -> BN -> PReLU                                  # (B, 32, S/2, S/2)
     stage:  avgpool 2x2 -> conv1x1 (real) -> BN, then `depth` Bi-Real blocks:
             x + BN(conv3x3(sign(x + b), sign(W) * alpha))                     # alpha = mean|W_o|
-    final:  BN -> PReLU -> average pool to a g x g grid -> BN (no affine)     # (B, widths[-1]*g*g)
-            g = feature_grid: 1 (the default) is the global average pool; 2 keeps which quadrant
-            of the image a feature fired in, at four times the dimensions (as spatial pyramid
-            pooling does, Lazebnik et al. 2006); measured in docs/distillation.md ("Feature grid").
+    final:  BN -> PReLU -> pool to a g x g grid -> BN (no affine)             # (B, feature_dim)
+            g = feature_grid: 1 (the default) pools globally; 2 keeps which quadrant of the
+            image a feature fired in, at four times the dimensions (as spatial pyramid pooling
+            does, Lazebnik et al. 2006); measured in docs/distillation.md ("Feature grid").
+            pool = "avg" averages each channel; "avgmax" also keeps its maximum (the two side by
+            side, twice the dimensions, as fastai's concat pooling): whether a part fired
+            anywhere, not only how much of the map it covers. Measured in docs/distillation.md
+            ("Pooling").
             The last BN centres each feature on its running mean, so the sign bits that feed a
             binary last layer (the paper's (a)) split about evenly instead of being almost all +1.
     head:   Linear(feature_dim, num_classes), only for pretraining/distillation
@@ -21,11 +25,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from extractor.layers import BinaryConvBN
 from extractor.models._registry import make_pretrained_cfg, register_model
+
+POOLS = ("avg", "avgmax")
 
 
 @dataclass
@@ -36,7 +43,8 @@ class BiRealConfig:
     depths: tuple[int, ...] = (2, 2, 2, 2)  # Bi-Real blocks per stage
     scale_weights: bool = True  # XNOR-Net alpha = mean|W| per output channel (folded at export)
     num_classes: int = 1000  # ImageNet-style head used only while pretraining
-    feature_grid: int = 1  # features = final map average-pooled to a g x g grid, flattened
+    feature_grid: int = 1  # features = final map pooled to a g x g grid, flattened
+    pool: str = "avg"  # "avg" or "avgmax": the average and the maximum side by side
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)  # JSON round trip gives lists
@@ -47,6 +55,12 @@ class BiRealConfig:
             raise ValueError("widths and depths must be non-empty and of equal length")
         if self.feature_grid < 1:
             raise ValueError("feature_grid must be >= 1")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, not {self.pool!r}")
+
+    @property
+    def feature_dim(self) -> int:
+        return self.widths[-1] * self.feature_grid**2 * (2 if self.pool == "avgmax" else 1)
 
 
 class BiRealBlock(nn.Module):
@@ -91,16 +105,18 @@ class BiRealNet(nn.Module):
             c = width
         self.stages = nn.Sequential(*stages)
         self.final = nn.Sequential(nn.BatchNorm2d(c), nn.PReLU(c))
-        self.feature_dim = c * config.feature_grid**2
+        self.feature_dim = config.feature_dim
         self.feature_norm = nn.BatchNorm1d(self.feature_dim, affine=False)
         self.head = nn.Linear(self.feature_dim, config.num_classes)
 
     def pool(self, x: Tensor) -> Tensor:
-        """(B, C, h, w) final map -> (B, C * g * g) features before `feature_norm`."""
+        """(B, C, h, w) final map -> (B, feature_dim) features before `feature_norm`."""
         g = self.config.feature_grid
-        if g == 1:
-            return x.mean(dim=(2, 3))
-        return F.adaptive_avg_pool2d(x, g).flatten(1)  # channel-major: (c, gy, gx)
+        avg = x.mean(dim=(2, 3)) if g == 1 else F.adaptive_avg_pool2d(x, g).flatten(1)
+        if self.config.pool == "avg":
+            return avg  # channel-major: (c, gy, gx)
+        top = x.amax(dim=(2, 3)) if g == 1 else F.adaptive_max_pool2d(x, g).flatten(1)
+        return torch.cat([avg, top], dim=1)  # (avg features, then max features)
 
     def feature_steps(self) -> list[Callable[[Tensor], Tensor]]:
         """`forward_features` as a chain of one-argument steps (the fast path runs it flat)."""

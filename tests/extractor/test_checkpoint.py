@@ -16,6 +16,7 @@ from extractor.checkpoint import (
     DEFAULT_CHECKPOINT,
     CheckpointError,
     load_checkpoint,
+    repool,
     restamp_preprocessing,
     save_checkpoint,
 )
@@ -124,6 +125,48 @@ def test_restamp_changes_only_the_preprocessing_and_records_it(tmp_path: Path) -
         restamp_preprocessing(out, tmp_path / "again.safetensors", note="")
 
 
+def test_repool_keeps_the_network_and_refits_only_the_feature_norm(tmp_path: Path) -> None:
+    from extractor.fast import build_fast_model
+
+    model = _trained_tiny("birealnet_112")
+    src, out = tmp_path / "avg.safetensors", tmp_path / "avgmax.safetensors"
+    old_id = save_checkpoint(model, src, PROVENANCE)
+    calibration = torch.randn(300, 3, 32, 32)  # > one 256-image chunk
+    new_id = repool(src, out, calibration, note="why", pool="avgmax")
+    old, new = load_checkpoint(src), load_checkpoint(out)
+    assert new.id == new_id != old_id
+    assert (old.feature_dim, new.feature_dim) == (24, 48) and new.info()["feature_dim"] == 48
+    assert new.metadata["config"]["pool"] == "avgmax"
+    [change] = new.metadata["provenance"]["changes"]
+    assert change["from"] == {"pool": "avg"} and change["to"] == {"pool": "avgmax"}
+    assert change["parent"] == old_id and change["note"] == "why"
+    assert change["feature_norm"] == "refitted on 300 calibration images"
+    with safe_open(src, "pt") as a, safe_open(out, "pt") as b:
+        names = a.keys()
+        changed = {k for k in names if not torch.equal(a.get_tensor(k), b.get_tensor(k))}
+    assert changed == {"feature_norm.running_mean", "feature_norm.running_var"}
+
+    x = torch.randn(5, 3, 32, 32)
+    with torch.inference_mode():
+        f_old, f_new = old.model.forward_features(x), new.model.forward_features(x)
+        assert torch.equal(build_fast_model(new).forward_features(x), f_new)  # kernels too
+
+        def unnormalised(loaded, f):  # type: ignore[no-untyped-def]
+            bn = loaded.model.feature_norm
+            return f * torch.sqrt(bn.running_var + bn.eps) + bn.running_mean
+
+        avg, top = unnormalised(new, f_new).split(24, dim=1)
+        torch.testing.assert_close(avg, unnormalised(old, f_old), rtol=1e-4, atol=1e-4)
+        assert (top >= avg - 1e-5).all()  # a channel's maximum is at least its mean
+        centred = new.model.forward_features(calibration)
+    assert centred.mean(0).abs().max() < 1e-3  # refitted on the calibration images
+
+    with pytest.raises(CheckpointError, match="already"):
+        repool(out, tmp_path / "again.safetensors", calibration, note="", pool="avgmax")
+    with pytest.raises(CheckpointError, match="cannot pool"):
+        repool(src, tmp_path / "bad.safetensors", calibration, note="", pool="median")
+
+
 def test_loaded_model_is_frozen_in_eval_and_has_no_head_unless_saved(tmp_path: Path) -> None:
     model = _trained_tiny("birealnet_112")
     save_checkpoint(model, tmp_path / "a.safetensors", PROVENANCE)
@@ -169,8 +212,8 @@ def test_default_checkpoint_is_a_labelled_small_checkpoint_of_the_default_arch()
         assert prov["teacher"] and prov["steps"] > 0 and prov["date"]
     assert DEFAULT_CHECKPOINT.stat().st_size < 2_000_000
     info = loaded.info()
-    grid = loaded.metadata["config"].get("feature_grid", 1)
-    assert info["feature_dim"] == 512 * grid**2 and info["input_size"] == [3, 112, 112]
+    assert info["feature_dim"] == loaded.model.config.feature_dim  # 512 per pooling and grid cell
+    assert info["input_size"] == [3, 112, 112]
     assert info["float32_bytes"] > 15 * info["size_bytes"]
     x = torch.randn(4, 3, 112, 112)
     floats, bits = loaded.extract(x)

@@ -215,7 +215,10 @@ def test_export_can_pool_features_on_a_finer_grid(tmp_path: Path) -> None:
     g2 = load_checkpoint(tmp_path / "g2.safetensors")
     assert (g1.feature_dim, g2.feature_dim) == (16, 64)
     assert g2.metadata["config"]["feature_grid"] == 2
-    assert g2.metadata["provenance"]["feature_grid"] == 2
+    [change] = g2.metadata["provenance"]["changes"]
+    assert change["to"] == {"feature_grid": 2} and "2048" in change["feature_norm"]
+    assert trainer.export(tmp_path / "am.safetensors", pool="avgmax")
+    assert load_checkpoint(tmp_path / "am.safetensors").feature_dim == 32
 
     x = student_input(
         sample_views(trainer.corpus.train, 32, 32, torch.Generator().manual_seed(1)),

@@ -43,6 +43,8 @@ def test_default_birealnet_has_the_designed_size() -> None:
     [
         ("birealnet_112", TINY_BIREAL),
         ("birealnet_112", {**TINY_BIREAL, "feature_grid": 2}),
+        ("birealnet_112", {**TINY_BIREAL, "pool": "avgmax"}),
+        ("birealnet_112", {**TINY_BIREAL, "feature_grid": 2, "pool": "avgmax"}),
         ("binary_alexnet", TINY_ALEX),
     ],
 )
@@ -54,8 +56,9 @@ def test_forward_is_head_of_features_with_contract_shapes(arch: str, cfg: dict) 
     with torch.no_grad():
         f = model.forward_features(x)
         assert f.shape == (3, model.feature_dim)
-        if cfg.get("feature_grid") == 2:  # a 2 x 2 grid of every final channel
-            assert model.feature_dim == 4 * cfg["widths"][-1]
+        if arch == "birealnet_112":  # a g x g grid of every final channel, per pooling
+            per_channel = cfg.get("feature_grid", 1) ** 2 * (2 if cfg.get("pool") else 1)
+            assert model.feature_dim == per_channel * cfg["widths"][-1]
         assert torch.equal(model(x), model.forward_head(f))
         assert model.forward_head(f).shape == (3, 10)
     assert model.arch == arch
