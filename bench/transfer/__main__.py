@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -125,7 +126,10 @@ def run_task(task: Task, args: argparse.Namespace, log) -> dict[str, dict]:  # t
     results["teacher_small"] = head_row("float", task, *ts, seeds=seeds)
     log(f"  teacher_small: {results['teacher_small']}")
 
-    if args.scratch_epochs > 0:
+    if args.scratch_from is not None:
+        results["scratch"] = earlier_row(args.scratch_from, task.name, "scratch", len(seeds))
+        log(f"  scratch (from {args.scratch_from}): {results['scratch']}")
+    elif args.scratch_epochs > 0:
         runs = []
         for seed in seeds:
             t0 = time.perf_counter()
@@ -144,6 +148,23 @@ def run_task(task: Task, args: argparse.Namespace, log) -> dict[str, dict]:  # t
     return results
 
 
+def earlier_row(path: Path, task: str, key: str, n_seeds: int) -> dict:  # type: ignore[type-arg]
+    """Row `key` of `task` from an earlier results file (its raw JSON), marked as reused.
+
+    For the from-scratch row, which no extractor enters: a new extractor needs only its own
+    rows re-measured, not an hour of retraining the same networks with the same seeds.
+    """
+    text = path.read_text()
+    made = re.search(r"^Made by (.*)\.$", text, re.M)
+    raw = re.search(r"```json\n(.*?)\n```", text, re.S)
+    if not made or not raw:
+        raise SystemExit(f"{path} is not a bench.transfer results file")
+    row = json.loads(raw.group(1)).get(task, {}).get(key)
+    if row is None or len(row["top1_runs"]) != n_seeds:
+        raise SystemExit(f"{path} has no {key} row of {task} over {n_seeds} seeds")
+    return {**row, "reused_from": f"{path}, made by {made.group(1)}"}
+
+
 def render(
     all_results: dict[str, dict],
     tasks: list[Task],
@@ -155,7 +176,8 @@ def render(
         if not r:
             return "not run"
         spread = f" ± {100 * r['top1_std']:.1f}" if len(r["top1_runs"]) > 1 else ""
-        return f"{100 * r['top1']:.1f}%{spread} / {100 * r['top5']:.1f}%"
+        reused = " (reused)" if "reused_from" in r else ""
+        return f"{100 * r['top1']:.1f}%{spread} / {100 * r['top5']:.1f}%{reused}"
 
     kind = provenance.get("kind", provenance.get("teacher", "see metadata"))
     lines = [
@@ -173,6 +195,10 @@ def render(
             f"| {title} | " + " | ".join(cell(all_results[t.name].get(key)) for t in tasks) + " |"
         )
     lines.append("")
+    reused = {
+        r["reused_from"] for t in tasks for r in all_results[t.name].values() if "reused_from" in r
+    }
+    lines += [f"Rows marked reused come from {where}." for where in sorted(reused)]
     for t in tasks:
         r = all_results[t.name]
         if "teacher_float" in r and "b_float" in r:
@@ -191,6 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--tasks", default="clipart,fashion_mnist")
     p.add_argument("--scratch-epochs", type=int, default=30)
+    p.add_argument(
+        "--scratch-from",
+        type=Path,
+        help="take the from-scratch row from this earlier results file instead of retraining it "
+        "(it does not depend on the extractor; same tasks and seeds required)",
+    )
     p.add_argument("--fmnist-per-class", type=int, default=100)
     p.add_argument("--test-limit", type=int, default=None, help="cap Fashion-MNIST test images")
     p.add_argument("--seed", type=int, default=0, help="first seed (also the Fashion-MNIST draw)")

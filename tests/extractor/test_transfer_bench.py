@@ -1,0 +1,51 @@
+"""bench.transfer's results file: the raw JSON it writes is what `--scratch-from` reads back."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.transfer.__main__ import earlier_row, over_seeds, render
+from bench.transfer.datasets import Task
+
+
+def _task(name: str) -> Task:
+    empty = np.zeros((0, 4, 4, 3), np.uint8)
+    labels = np.zeros(0, np.int64)
+    return Task(name, ["a", "b"], empty, labels, empty, labels)
+
+
+def _row(*top1: float) -> dict:  # type: ignore[type-arg]
+    return over_seeds([{"top1": t, "top5": 1.0, "train_seconds": 1.0} for t in top1])
+
+
+def test_scratch_row_is_reused_from_an_earlier_results_file_and_marked(tmp_path: Path) -> None:
+    tasks = [_task("clipart"), _task("fashion_mnist")]
+    first = {
+        "clipart": {"scratch": _row(0.4, 0.5, 0.3), "b_float": _row(0.5, 0.5, 0.6)},
+        "fashion_mnist": {"scratch": _row(0.8, 0.81, 0.82)},
+    }
+    path = tmp_path / "transfer.md"
+    path.write_text(render(first, tasks, argparse.Namespace(), {"kind": "test"}, "ab" * 32))
+
+    row = earlier_row(path, "clipart", "scratch", n_seeds=3)
+    assert row["top1_runs"] == first["clipart"]["scratch"]["top1_runs"]
+    assert row["reused_from"].startswith(f"{path}, made by `python -m bench.transfer")
+
+    again = render(
+        {"clipart": {"scratch": row}, "fashion_mnist": {}},
+        tasks,
+        argparse.Namespace(),
+        {"kind": "test"},
+        "cd" * 32,
+    )
+    assert "40.0% ± 10.0 / 100.0% (reused)" in again
+    assert f"Rows marked reused come from {path}, made by" in again
+
+    with pytest.raises(SystemExit, match="no scratch row of fashion_mnist over 5 seeds"):
+        earlier_row(path, "fashion_mnist", "scratch", n_seeds=5)
+    with pytest.raises(SystemExit, match=r"not a bench\.transfer results file"):
+        earlier_row(Path(__file__), "clipart", "scratch", n_seeds=3)
