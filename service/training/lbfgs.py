@@ -84,8 +84,8 @@ def fit_lbfgs(
 
     History: one entry per penalty tried, with the mean training loss of its folds and the
     out-of-fold `val_loss`/`val_top1`; `best_epoch` is the 1-based index of the one chosen (the
-    best out-of-fold accuracy, weighted like the loss; ties go to the stronger penalty). A fixed
-    `cfg.l2` skips the search.
+    best out-of-fold accuracy, weighted like the loss; ties go to the stronger penalty). From
+    `cfg.holdout_from` examples only the first fold is held out. A fixed `cfg.l2` skips the search.
     """
     k = min(cfg.folds, len(y))
     search = cfg.l2 is None and k >= 2
@@ -98,23 +98,29 @@ def fit_lbfgs(
 
     if search:
         fold = stratified_folds(y, k, generator)
-        heads = [FloatHead(head.mean, head.std, head.linear.out_features) for _ in range(k)]
+        used = 1 if len(y) >= cfg.holdout_from else k
+        held = fold < used  # every example, or the first fold only
+        y_val = y[held]
+        heads = [FloatHead(head.mean, head.std, head.linear.out_features) for _ in range(used)]
         for i, l2 in enumerate(L2_GRID, start=1):
             check_stop(f"penalty {l2}")
             logits = torch.empty(len(y), head.linear.out_features)
             train_loss = 0.0
             for f, fold_head in enumerate(heads):  # warm start: the previous penalty's solution
                 tr, te = fold != f, fold == f
-                train_loss += minimize(fold_head, x[tr], y[tr], class_weights, l2, cfg.epochs) / k
+                loss = minimize(fold_head, x[tr], y[tr], class_weights, l2, cfg.epochs)
+                train_loss += loss / used
                 with torch.no_grad():
                     logits[te] = fold_head(x[te])
-            score = -weighted_top1(logits, y, class_weights)
+            logits = logits[held]
+            score = -weighted_top1(logits, y_val, class_weights)
             entry: dict[str, object] = {
                 "epoch": i,
                 "l2": l2,
                 "train_loss": round(train_loss, 6),
-                "val_loss": round(float(F.cross_entropy(logits, y, weight=class_weights)), 6),
-                "val_top1": round(topk_accuracy(logits, y, 1), 6),
+                "val_loss": round(float(F.cross_entropy(logits, y_val, weight=class_weights)), 6),
+                "val_top1": round(topk_accuracy(logits, y_val, 1), 6),
+                "n_val": len(y_val),
             }
             history.append(entry)
             if score < best_score - MIN_DELTA:

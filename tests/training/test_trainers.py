@@ -190,6 +190,29 @@ def test_lbfgs_cross_validates_the_penalty_and_reports_each_as_progress() -> Non
         train_head("float", x, bits, y, labels, should_stop=lambda: True)
 
 
+def test_lbfgs_holds_out_one_fold_from_holdout_from_examples(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from service.training import lbfgs
+
+    x, bits, y, labels = blobs(spread=3.0)
+    fits: list[int] = []
+    minimize = lbfgs.minimize
+
+    def counted(head, xs, *args):  # type: ignore[no-untyped-def]
+        fits.append(len(xs))
+        return minimize(head, xs, *args)
+
+    monkeypatch.setattr(lbfgs, "minimize", counted)
+    kfold = train_head("float", x, bits, y, labels, seed=0, validation_fraction=0.0)
+    assert len(fits) == 5 * len(lbfgs.L2_GRID) + 1  # 5 folds per penalty, then the final fit
+    fits.clear()
+    params = {"holdout_from": len(y)}
+    holdout = train_head("float", x, bits, y, labels, params, seed=0, validation_fraction=0.0)
+    assert len(fits) == len(lbfgs.L2_GRID) + 1 and fits[-1] == len(y)
+    assert fits[0] == pytest.approx(0.8 * len(y), abs=len(labels))  # trained on 4 of 5 folds
+    assert {h["n_val"] for h in kfold.metrics["history"]} == {len(y)}  # every example
+    assert {h["n_val"] for h in holdout.metrics["history"]} == {len(y) - fits[0]}
+
+
 def test_progress_is_reported_every_epoch_and_should_stop_cancels() -> None:
     x, bits, y, labels = blobs()
     seen: list[tuple[float, dict]] = []
