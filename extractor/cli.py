@@ -169,7 +169,7 @@ def train(
         trainer.run()
         target = checkpoint or out / "extractor.safetensors"
         typer.echo(f"exported {target}: id {trainer.export(target, feature_grid, pool)}")
-    except DistillError as exc:
+    except (DistillError, CheckpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
 
@@ -190,7 +190,10 @@ def repool(
     from extractor.checkpoint import repool as repool_checkpoint
     from extractor.distill.corpus import CorpusConfig, build_corpus
     from extractor.distill.train import calibration_views
+    from extractor.models.birealnet import POOLS
 
+    if pool is not None and pool not in POOLS:  # before minutes of corpus building
+        raise typer.BadParameter(f"one of {', '.join(POOLS)}", param_hint="--pool")
     try:
         pretrained_cfg = load_checkpoint(checkpoint).pretrained_cfg
         views = calibration_views(build_corpus(CorpusConfig()), pretrained_cfg)

@@ -165,6 +165,10 @@ def test_repool_keeps_the_network_and_refits_only_the_feature_norm(tmp_path: Pat
         repool(out, tmp_path / "again.safetensors", calibration, note="", pool="avgmax")
     with pytest.raises(CheckpointError, match="cannot pool"):
         repool(src, tmp_path / "bad.safetensors", calibration, note="", pool="median")
+    # The command refuses an unknown pooling before it builds the calibration corpus.
+    args = ["repool", str(src), "--pool", "median", "--out", str(tmp_path / "c"), "--note", "x"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "one of avg, avgmax" in result.output
 
 
 def test_loaded_model_is_frozen_in_eval_and_has_no_head_unless_saved(tmp_path: Path) -> None:
