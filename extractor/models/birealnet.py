@@ -10,11 +10,10 @@ Bannink et al., "Larq Compute Engine" / QuickNet 2021 (real stem and real downsa
     final:  BN -> PReLU -> pool to a g x g grid -> BN (no affine)             # (B, feature_dim)
             g = feature_grid: 1 (the default) pools globally; 2 keeps which quadrant of the
             image a feature fired in, at four times the dimensions (as spatial pyramid pooling
-            does, Lazebnik et al. 2006); measured in docs/distillation.md ("Feature grid").
-            pool = "avg" averages each channel; "avgmax" also keeps its maximum (the two side by
-            side, twice the dimensions, as fastai's concat pooling): whether a part fired
-            anywhere, not only how much of the map it covers. Measured in docs/distillation.md
-            ("Pooling").
+            does, Lazebnik et al. 2006). pool = "avg" averages each channel; "avgmax" also keeps
+            its maximum (the two side by side, twice the dimensions, as fastai's concat pooling):
+            whether a part fired anywhere, not only how much of the map it covers. Both measured
+            in docs/distillation.md ("Pooling").
             The last BN centres each feature on its running mean, so the sign bits that feed a
             binary last layer (the paper's (a)) split about evenly instead of being almost all +1.
     head:   Linear(feature_dim, num_classes), only for pretraining/distillation
