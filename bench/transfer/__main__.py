@@ -199,6 +199,7 @@ def render(
         r["reused_from"] for t in tasks for r in all_results[t.name].values() if "reused_from" in r
     }
     lines += [f"Rows marked reused come from {where}." for where in sorted(reused)]
+    lines += [""] if reused else []
     for t in tasks:
         r = all_results[t.name]
         if "teacher_float" in r and "b_float" in r:
