@@ -3,10 +3,11 @@
     .venv/bin/python -m bench.training_bench [--sizes 1000 5000 20000] [--threads 1] [--no-e2e]
 
 Part 1 trains every head type (`float`, `binary`, `mlp`, default params, validation 0.2), and the
-float head with its previous solver (`solver=adam`) as a baseline, on synthetic cached feature
-vectors of the default extractor's width: 10 classes whose centres overlap, so early stopping
-and not the epoch cap ends training, as on real data. Wall time of `train_head` only (features
-are already in memory, as the worker has them after the cache read).
+float head two other ways as baselines (5-fold penalty search at every size, and its previous
+solver `solver=adam`), on synthetic cached feature vectors of the default extractor's width: 10
+classes whose centres overlap, so early stopping and not the epoch cap ends training, as on real
+data. Wall time of `train_head` only (features are already in memory, as the worker has them
+after the cache read).
 
 Part 2 (unless --no-e2e) runs the stack: a real `headhub extractor serve` process on the default
 checkpoint, the API in-process over real ASGI on SQLite, and one in-process worker thread. It
