@@ -97,6 +97,36 @@ def serve(
 
 
 @app.command()
+def targets(
+    out: Path = typer.Option(..., "--out", help="store directory (created, or continued)"),
+    views: int = typer.Option(48_000, help="fixed views in all, split by corpus weight"),
+    teacher_size: int = typer.Option(224, help="teacher input side"),
+    store_side: int = typer.Option(160, help="side of the student's copy of each view"),
+    procedural: int = typer.Option(6000, help="procedural images in the corpus"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    threads: int = typer.Option(2, help="torch threads"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Run the teacher once over fixed corpus views and store its outputs for `train --targets`.
+
+    Stops safely at any point; the same command continues where it left off.
+    """
+    from extractor.distill.corpus import CorpusConfig
+    from extractor.distill.targets import TargetConfig, build_targets
+
+    cfg = TargetConfig(
+        views=views, teacher_size=teacher_size, store_side=store_side, seed=seed,
+        threads=threads, corpus=CorpusConfig(side=teacher_size, procedural_train=procedural),
+    )  # fmt: skip
+    try:
+        store = build_targets(cfg, out, device=device, echo=typer.echo)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"target store {out}: {len(store)} views, complete={store.complete}")
+
+
+@app.command()
 def train(
     out: Path | None = typer.Option(
         None, "--out", help="run directory (state.pt, train.log, metrics.jsonl)"
@@ -139,8 +169,18 @@ def train(
     pool: str | None = typer.Option(
         None, help="export features pooled avg or avgmax (default: the architecture's)"
     ),
+    targets: Path | None = typer.Option(
+        None,
+        metavar="STORE",
+        help="train on a target store (`headhub extractor targets`): fixed views with the "
+        "teacher's outputs precomputed; its corpus and teacher size replace the options here",
+    ),
+    cos_weight: float = typer.Option(2.0, help="weight of the feature-cosine loss"),
+    mix: float = typer.Option(
+        0.8, help="share of online batches mixed (half mixup, half cutmix); 0 turns it off"
+    ),
 ) -> None:
-    """Distil the EfficientNet-Lite0 teacher into the default binary extractor (issue 6)."""
+    """Distil the EfficientNet-Lite0 teacher into the default binary extractor."""
     from extractor.distill.corpus import CorpusConfig
     from extractor.distill.train import DistillError, TrainConfig, Trainer, command_line
 
@@ -164,6 +204,8 @@ def train(
                 device=device, threads=threads, ckpt_minutes=ckpt_minutes,
                 eval_minutes=eval_minutes, seed=seed, command=command_line(),
                 corpus=CorpusConfig(procedural_train=procedural, seed=seed),
+                targets=None if targets is None else str(targets), cos_weight=cos_weight,
+                p_mixup=mix / 2, p_cutmix=mix / 2,
             )  # fmt: skip
             trainer = Trainer(cfg)
         trainer.run()

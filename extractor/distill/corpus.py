@@ -5,8 +5,13 @@ from them. Sources and what is excluded (see `holdout.py`, the single rule share
 `bench/transfer`):
 
 - `clipart`: Debian `openclipart-png`, composited on white, padded square, shrunk once to
-  `side` px and cached as `.npy` under the cache dir. Held-out files (30%) are never decoded;
-  the validation slice (3%) is kept apart. Files over `MAX_SOURCE_PIXELS` are skipped.
+  `side` px and cached as `.npy` under the cache dir. Held-out files (30%) and the top-level
+  categories in `clipart_exclude` (the out-of-domain transfer task's) are never decoded; the
+  validation slice (3%) is kept apart. Files over `MAX_SOURCE_PIXELS` are skipped.
+- `wallpapers`: the photographs of Debian's desktop background packages, each cut into
+  `wallpaper_tiles` square tiles at random scales (2-100% of the largest square), so a few
+  hundred large photos give many natural views at many zoom levels; 10% of the photos (by a
+  hash of the name) are the validation slice.
 - `photos`: scikit-image's sample photos, each as a whole square plus 2x2 and 3x3 zoomed tiles.
 - `faces`: scikit-image's `lfw_subset` (200 tiny grey faces).
 - `fashion`: Fashion-MNIST TRAIN split only (the t10k test split is never opened); its last
@@ -32,7 +37,14 @@ import torch
 from PIL import Image
 
 from extractor.distill import procedural
-from extractor.distill.holdout import CLIPART_ROOT, FASHION_VAL_COUNT, clipart_split
+from extractor.distill.holdout import (
+    CLIPART_ROOT,
+    FASHION_VAL_COUNT,
+    OOD_CLIPART_CATEGORIES,
+    clipart_category,
+    clipart_split,
+    wallpaper_split,
+)
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -47,6 +59,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+# Debian's desktop background and wallpaper packages (gnome-, mate-, sway-backgrounds,
+# plasma-workspace-wallpapers, ukui-wallpapers, lomiri-wallpapers*): a few hundred photographs.
+WALLPAPER_ROOTS = (Path("/usr/share/backgrounds"), Path("/usr/share/wallpapers"))
+WALLPAPER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+WALLPAPER_MIN_SIDE = 480  # smaller files are icons and previews, not photographs
 MAX_SOURCE_PIXELS = 40_000_000  # decode at most this many pixels per clip-art file
 PHOTO_NAMES = (
     "astronaut",
@@ -70,11 +87,12 @@ PHOTO_NAMES = (
 )
 # Sampling weight of each source in a training batch (renormalized over the sources present).
 DEFAULT_WEIGHTS = {
-    "clipart": 0.5,
+    "clipart": 0.35,
+    "wallpapers": 0.25,
     "procedural": 0.2,
-    "fashion": 0.15,
-    "photos": 0.1,
-    "faces": 0.05,
+    "photos": 0.08,
+    "fashion": 0.08,
+    "faces": 0.04,
 }
 
 
@@ -97,6 +115,9 @@ class CorpusConfig:
     cache_dir: Path = Path("cache/distill")
     clipart_root: Path | None = CLIPART_ROOT  # None: no clip art
     fashion_root: Path | None = FASHION_ROOT  # None: no Fashion-MNIST
+    clipart_exclude: tuple[str, ...] = OOD_CLIPART_CATEGORIES  # top-level folders never decoded
+    wallpaper_roots: tuple[Path, ...] = WALLPAPER_ROOTS  # (): no wallpapers
+    wallpaper_tiles: int = 48  # random-scale square tiles per training photo
     photos: bool = True
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     workers: int = 2
@@ -106,6 +127,7 @@ class CorpusConfig:
 class Corpus:
     train: list[Source]
     val: list[Source]
+    excluded: tuple[str, ...] = ()  # clip-art categories kept out whole (out-of-domain rows)
 
     def summary(self) -> dict[str, object]:
         """Counts per source, for logs and checkpoint provenance."""
@@ -114,6 +136,7 @@ class Corpus:
             "val": {s.name: len(s) for s in self.val},
             "weights": {s.name: round(s.weight, 4) for s in self.train},
             "heldout_rule": "extractor.distill.holdout (30% of clip art; Fashion-MNIST t10k)",
+            "excluded_categories": sorted(self.excluded),
         }
 
 
@@ -149,6 +172,7 @@ def _clipart(cfg: CorpusConfig) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) uint8 (N, S, S, 3) arrays, cached; held-out files are never opened."""
     assert cfg.clipart_root is not None
     files = sorted(str(p) for p in Path(cfg.clipart_root).rglob("*.png"))
+    files = [f for f in files if clipart_category(f) not in cfg.clipart_exclude]
     kept = [(f, clipart_split(f)) for f in files]
     kept = [(f, s) for f, s in kept if s != "heldout"]
     listing = "\n".join([str(cfg.side), str(MAX_SOURCE_PIXELS), *(f for f, _ in kept)])
@@ -175,6 +199,82 @@ def _clipart(cfg: CorpusConfig) -> tuple[np.ndarray, np.ndarray]:
     os.replace(tmp, cache)
     skipped = sum(a is None for a in arrays)
     (cache.with_suffix(".json")).write_text(json.dumps({"files": len(kept), "skipped": skipped}))
+    return tr, va
+
+
+def wallpaper_files(roots: Iterable[Path]) -> list[Path]:
+    """The raster photographs under `roots`, sorted (vector art and tiny previews are not)."""
+    found = (p for r in roots if Path(r).is_dir() for p in Path(r).rglob("*"))
+    return sorted(p for p in found if p.suffix.lower() in WALLPAPER_SUFFIXES and p.is_file())
+
+
+def _wallpaper_tiles(args: tuple[str, int, int]) -> np.ndarray | None:
+    """(n, side, side, 3) random-scale square tiles of one photo, seeded by its name; or None."""
+    path, side, n = args
+    Image.MAX_IMAGE_PIXELS = MAX_SOURCE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_SOURCE_PIXELS:
+                    return None
+                img.draft("RGB", (1600, 1600))  # JPEG: decode at reduced scale, still >= 1600
+                rgb = img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None
+    short = min(rgb.size)
+    if short < WALLPAPER_MIN_SIDE:
+        return None
+    seed = int.from_bytes(hashlib.sha256(Path(path).name.encode()).digest()[:8], "big")
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for i in range(n):
+        # The first tile is the largest centred square; the others' area is log-uniform in
+        # [2%, 100%] of it, so fine textures and whole scenes are both represented.
+        frac = 1.0 if i == 0 else float(np.exp(rng.uniform(np.log(0.02), 0.0)))
+        t = max(8, round(short * frac**0.5))
+        if i == 0:
+            x0, y0 = (rgb.width - t) // 2, (rgb.height - t) // 2
+        else:
+            x0, y0 = (
+                int(rng.integers(0, rgb.width - t + 1)),
+                int(rng.integers(0, rgb.height - t + 1)),
+            )
+        tile = rgb.crop((x0, y0, x0 + t, y0 + t)).resize((side, side), Image.Resampling.LANCZOS)
+        tiles.append(np.asarray(tile, np.uint8))
+    return np.stack(tiles)
+
+
+def _wallpapers(cfg: CorpusConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) uint8 (N, S, S, 3) tiles of the desktop-background photos, cached."""
+    files = [str(p) for p in wallpaper_files(cfg.wallpaper_roots)]
+    val_tiles = 4
+    listing = "\n".join([str(cfg.side), str(cfg.wallpaper_tiles), str(val_tiles), *files])
+    key = hashlib.sha256(listing.encode()).hexdigest()[:12]
+    cache = Path(cfg.cache_dir) / f"wallpapers-{cfg.side}-{key}.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return z["train"], z["val"]
+    log.info("cutting %d wallpapers into tiles in %s (once)", len(files), cache)
+    splits = [wallpaper_split(f) for f in files]
+    jobs = [(f, cfg.side, cfg.wallpaper_tiles if s == "train" else val_tiles)
+            for f, s in zip(files, splits, strict=True)]  # fmt: skip
+    if cfg.workers > 1:
+        with get_context("fork").Pool(cfg.workers) as pool:
+            arrays = pool.map(_wallpaper_tiles, jobs, chunksize=1)
+    else:
+        arrays = [_wallpaper_tiles(j) for j in jobs]
+    empty = np.zeros((0, cfg.side, cfg.side, 3), np.uint8)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    for a, s in zip(arrays, splits, strict=True):
+        if a is not None:
+            parts[s].append(a)
+    tr = np.concatenate(parts["train"]) if parts["train"] else empty
+    va = np.concatenate(parts["val"]) if parts["val"] else empty
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, train=tr, val=va)
+    os.replace(tmp, cache)
     return tr, va
 
 
@@ -234,6 +334,10 @@ def build_corpus(cfg: CorpusConfig) -> Corpus:
         tr, va = _clipart(cfg)
         train.append(Source("clipart", _chw(tr)))
         val.append(Source("clipart", _chw(va)))
+    if cfg.wallpaper_roots:
+        tr, va = _wallpapers(cfg)
+        train.append(Source("wallpapers", _chw(tr)))
+        val.append(Source("wallpapers", _chw(va)))
     if cfg.fashion_root is not None:
         fm = load_fashion_train(cfg.fashion_root)
         train.append(Source("fashion", _chw(fm[:-FASHION_VAL_COUNT])))
@@ -243,9 +347,9 @@ def build_corpus(cfg: CorpusConfig) -> Corpus:
         train.append(Source("photos", _chw(tiles)))
         train.append(Source("faces", _chw(faces)))
     if cfg.procedural_train:
-        proc_cache = (
-            Path(cfg.cache_dir) / f"procedural-{cfg.side}-{cfg.procedural_train}-{cfg.seed}.npy"
-        )
+        kinds = "-".join(procedural.KINDS)  # a new generator family is a new cache file
+        name = f"procedural-{cfg.side}-{cfg.procedural_train}-{cfg.seed}-{kinds}.npy"
+        proc_cache = Path(cfg.cache_dir) / name
         if proc_cache.exists():
             proc = np.load(proc_cache)
         else:
@@ -267,4 +371,5 @@ def build_corpus(cfg: CorpusConfig) -> Corpus:
         raise ValueError(f"no positive sampling weight for sources {[s.name for s in train]}")
     for s in train:
         s.weight = cfg.weights.get(s.name, 0.0) / total
-    return Corpus(train=train, val=val)
+    excluded = tuple(cfg.clipart_exclude) if cfg.clipart_root is not None else ()
+    return Corpus(train=train, val=val, excluded=excluded)

@@ -1,9 +1,11 @@
-"""Procedurally generated images for distillation: dead leaves, random shapes, noise textures.
+"""Procedurally generated images for distillation: dead leaves, shapes, noise, fractals, CPPNs.
 
-Baradad et al., "Learning to See by Looking at Noise", NeurIPS 2021: dead-leaves models and
-spectral (1/f) noise teach useful low-level features with no real images at all. Here they only
-add diversity (edges, occlusions, colour statistics, textures) next to the few thousand real
-images; the teacher labels them like any other image. Everything is deterministic in `seed`.
+Baradad et al., "Learning to See by Looking at Noise", NeurIPS 2021: dead-leaves models,
+spectral (1/f) noise and randomly initialised generator networks ("shaders") teach useful
+features with no real images at all; Kataoka et al., "Pre-training without Natural Images"
+(FractalDB, ACCV 2020): formula-driven fractals (iterated function systems) do too. Here they add
+diversity (edges, occlusions, colour statistics, textures, self-similar shapes) next to the few
+thousand real images; the teacher labels them like any other image. Deterministic in `seed`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["KINDS", "dead_leaves", "generate", "random_shapes", "spectral_noise"]
+__all__ = [
+    "KINDS",
+    "dead_leaves",
+    "generate",
+    "ifs_fractal",
+    "random_cppn",
+    "random_shapes",
+    "spectral_noise",
+]
 
 
 def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -94,7 +104,67 @@ def spectral_noise(rng: np.random.Generator, side: int) -> np.ndarray:
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
-KINDS = {"dead_leaves": dead_leaves, "shapes": random_shapes, "noise": spectral_noise}
+def ifs_fractal(rng: np.random.Generator, side: int) -> np.ndarray:
+    """An iterated-function-system fractal (FractalDB): 2-4 random contractive affine maps,
+    rendered by the chaos game as a coloured point density on a plain background. Systems whose
+    attractor fills under 3% of the canvas (a few thin strokes) are drawn again."""
+    for _ in range(8):
+        density = _ifs_density(rng, side)
+        if (density > 0).mean() >= 0.03:
+            break
+    fg, bg = np.asarray(_colour(rng), float), np.asarray(_colour(rng), float)
+    img = bg * (1 - density[..., None]) + fg * density[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _ifs_density(rng: np.random.Generator, side: int, points: int = 30_000) -> np.ndarray:
+    """(side, side) log point density in [0, 1] of one random IFS's chaos-game orbit."""
+    n_maps = int(rng.integers(2, 5))
+    a = rng.uniform(-1, 1, (n_maps, 2, 2))
+    sigma = np.linalg.svd(a, compute_uv=False)[:, 0]  # largest singular value of each map
+    a *= np.minimum(1.0, 0.9 / sigma)[:, None, None]  # every map contracts: the orbit is bounded
+    b = rng.uniform(-1, 1, (n_maps, 2))
+    det = np.abs(np.linalg.det(a)) + 1e-3
+    choice = rng.choice(n_maps, size=points, p=det / det.sum())
+    pts = np.empty((points, 2))
+    p = np.zeros(2)
+    for i, k in enumerate(choice):
+        p = a[k] @ p + b[k]
+        pts[i] = p
+    pts = pts[100:]  # drop the burn-in before the orbit reaches the attractor
+    lo, hi = pts.min(0), pts.max(0)
+    span = float((hi - lo).max()) + 1e-9
+    margin = rng.uniform(0.05, 0.2) * side
+    xy = ((pts - lo) / span * (side - 2 * margin) + margin).astype(int).clip(0, side - 1)
+    density = np.zeros((side, side))
+    np.add.at(density, (xy[:, 1], xy[:, 0]), 1.0)
+    return np.log1p(density) / max(float(np.log1p(density).max()), 1e-9)
+
+
+def random_cppn(rng: np.random.Generator, side: int) -> np.ndarray:
+    """A randomly initialised coordinate network (x, y, r) -> RGB: smooth shapes, stripes and
+    swirls, as the 'random network' image generators of Baradad et al. produce."""
+    yy, xx = np.meshgrid(np.linspace(-1, 1, side), np.linspace(-1, 1, side), indexing="ij")
+    scale = rng.uniform(1.0, 6.0)
+    h = np.stack([xx * scale, yy * scale, np.hypot(xx, yy) * scale], -1).reshape(-1, 3)
+    width = int(rng.integers(16, 33))
+    acts = (np.tanh, np.sin, lambda v: np.exp(-(v**2)))
+    for _ in range(int(rng.integers(3, 6))):
+        w = rng.normal(0, rng.uniform(1.0, 3.0) / np.sqrt(h.shape[1]), (h.shape[1], width))
+        h = acts[int(rng.integers(len(acts)))](h @ w)
+    out = h @ rng.normal(0, 1 / np.sqrt(width), (width, 3))
+    out = (out - out.mean(0)) / (out.std(0) + 1e-8)
+    img = 128 + out.reshape(side, side, 3) * rng.uniform(40, 90)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+KINDS = {
+    "dead_leaves": dead_leaves,
+    "shapes": random_shapes,
+    "noise": spectral_noise,
+    "fractal": ifs_fractal,
+    "cppn": random_cppn,
+}
 
 
 def generate(n: int, side: int, seed: int) -> np.ndarray:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from extractor.distill.augment import full_views, mix, sample_views, student_input
 from extractor.distill.corpus import Corpus, CorpusConfig, build_corpus
+from extractor.distill.targets import TargetStore
 from extractor.layers import set_binarize
 from extractor.models import DEFAULT_ARCH, create_model
 from extractor.quantizers import clip_latent_weights_
@@ -79,6 +80,7 @@ class TrainConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     command: str = ""
     init: str | None = None  # warm start from this packed checkpoint (checkpoint.load_trainable)
+    targets: str | None = None  # a target store (targets.py): fixed views, no teacher per step
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -86,12 +88,22 @@ class TrainConfig:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
-        corpus = dict(d.pop("corpus"))
-        for k in ("cache_dir", "clipart_root", "fashion_root"):
-            if corpus.get(k) is not None:
-                corpus[k] = Path(corpus[k])
+        corpus = corpus_config_from_json(d.pop("corpus"))
         d["crop_scale"] = tuple(d["crop_scale"])
-        return cls(**{**d, "out": Path(d["out"]), "corpus": CorpusConfig(**corpus)})
+        return cls(**{**d, "out": Path(d["out"]), "corpus": corpus})
+
+
+def corpus_config_from_json(d: dict[str, Any]) -> CorpusConfig:
+    """A CorpusConfig from its JSON form (paths and tuples restored)."""
+    corpus = dict(d)
+    for k in ("cache_dir", "clipart_root", "fashion_root"):
+        if corpus.get(k) is not None:
+            corpus[k] = Path(corpus[k])
+    # Runs recorded before a field existed keep what they trained on: no exclusion and no
+    # wallpapers (the defaults changed with the out-of-domain rule).
+    corpus["clipart_exclude"] = tuple(corpus.get("clipart_exclude", ()))
+    corpus["wallpaper_roots"] = tuple(Path(r) for r in corpus.get("wallpaper_roots", ()))
+    return CorpusConfig(**corpus)
 
 
 def lr_at(progress: float, peak: float, warmup_frac: float) -> float:
@@ -141,6 +153,14 @@ class Trainer:
         self.train_seconds = 0.0
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, float] | None = None
+        self.store = TargetStore(Path(cfg.targets)) if cfg.targets else None
+        if self.store is not None:
+            if not self.store.complete:
+                raise DistillError(f"target store {cfg.targets} is not complete; build it first")
+            # The store fixes what the student sees: its corpus (also for validation and export
+            # calibration) and its teacher resolution.
+            cfg.corpus = self.store.config.corpus
+            cfg.teacher_size = self.store.config.teacher_size
         self.corpus: Corpus = build_corpus(cfg.corpus)
         self._val = self._val_targets()
 
@@ -250,8 +270,12 @@ class Trainer:
         lr = lr_at(p, self.cfg.lr, self.cfg.warmup_frac)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        x = self._batch(self.gen)
-        tf, tl = self._teach(x)
+        if self.store is not None:
+            idx = torch.randint(len(self.store), (self.cfg.batch,), generator=self.gen)
+            x, tf, tl = (t.to(self.device) for t in self.store.batch(idx))
+        else:
+            x = self._batch(self.gen)
+            tf, tl = self._teach(x)
         sf, sl = self._student(x)
         kl, cos = self._loss(sf, sl, tf, tl)
         loss = kl + self.cfg.cos_weight * cos
@@ -424,6 +448,7 @@ class Trainer:
             "kind": "distilled",
             "teacher": TEACHER_NAME,
             "corpus": self.corpus.summary(),
+            "targets": None if self.store is None else self.store.summary(),
             "steps": self.step,
             "images_seen": self.images_seen,
             "minutes": round(self.train_seconds / 60, 1),

