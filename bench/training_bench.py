@@ -137,8 +137,8 @@ def bench_end_to_end(n_images: int = 1000) -> dict[str, float]:
 
     from service.app import create_app
     from service.db import migrate
+    from service.jobs.worker import Worker
     from service.settings import Settings
-    from service.worker import Worker
 
     admin = "bench-admin-key-" + "x" * 32
     auth = {"Authorization": f"Bearer {admin}"}

@@ -1,19 +1,20 @@
-"""Observability for the extractor process: Prometheus metrics and one-line JSON logs.
+"""Prometheus metrics of the extractor process, and the logging setup of `headhub extractor serve`.
 
 Each app gets its own `CollectorRegistry` so several apps (tests, replicas in one process) never
-collide on metric names.
+collide on metric names. Logs are the JSON lines every headhub process writes
+(`extractor.web.logs`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ExtractorMetrics", "JsonFormatter", "configure_json_logging"]
+from extractor.web.logs import configure_logging
+
+__all__ = ["ExtractorMetrics", "configure_json_logging"]
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -61,40 +62,12 @@ class ExtractorMetrics:
         self.inference_seconds.observe(seconds)
         self.images.inc(size)
 
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; fields passed with `extra={"fields": {...}}` are merged in."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            doc.update(fields)
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.request_seconds.labels(path=route, status=str(status)).observe(seconds)
 
 
-def configure_json_logging(level: int = logging.INFO) -> dict[str, Any]:
-    """Route the root logger (and uvicorn's) through JsonFormatter; returns uvicorn's log_config."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": JsonFormatter}},
-        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "json"}},
-        "loggers": {
-            "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
-            "uvicorn.access": {"handlers": [], "level": logging.WARNING, "propagate": False},
-        },
-    }
+def configure_json_logging(level: int = logging.INFO) -> dict[str, Any] | None:
+    """JSON log lines for `headhub extractor serve`; returns uvicorn's `log_config`: None, since
+    uvicorn's loggers then write through the root handler like every other logger."""
+    configure_logging("extractor", level=logging.getLevelName(level), fmt="json")
+    return None

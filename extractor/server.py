@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from extractor.batcher import BatcherStopped, MicroBatcher, QueueFull
 from extractor.checkpoint import LoadedExtractor, load_checkpoint
@@ -31,14 +27,15 @@ from extractor.imaging import DEFAULT_MAX_PIXELS, ImageRejected, preprocess_batc
 from extractor.inference import InferencePath, select_path
 from extractor.metrics import ExtractorMetrics
 from extractor.packing import pack_signs
+from extractor.web.limits import BodySizeLimitMiddleware
+from extractor.web.problems import problem
+from extractor.web.requests import RequestContextMiddleware
 from extractor.wire import CONTENT_TYPE, FeatureBatch, encode_features
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("extractor.server")
 
-PROBLEM = "application/problem+json"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _MULTIPART_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -55,75 +52,6 @@ _MULTIPART_SCHEMA = {
         },
     }
 }
-
-
-def problem(
-    status: int, code: str, title: str, detail: str, headers: dict[str, str] | None = None, **extra
-) -> JSONResponse:
-    """An RFC 9457 problem document."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
-    return JSONResponse(body | extra, status_code=status, media_type=PROBLEM, headers=headers)
-
-
-class BodyTooLarge(Exception):
-    """The request body passed the byte limit while it was being read."""
-
-
-class RequestContext:
-    """Pure ASGI middleware: request id, body limit (reliability 9), latency metric, JSON log."""
-
-    def __init__(self, app: ASGIApp, metrics: ExtractorMetrics, max_body: int) -> None:
-        self.app, self.metrics, self.max_body = app, metrics, max_body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        rid = headers.get("x-request-id", "")
-        rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-        start, status = time.perf_counter(), 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-            await send(message)
-
-        received = 0
-
-        async def receive_wrapper() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise BodyTooLarge()
-            return message
-
-        try:
-            declared = int(headers.get("content-length", "0") or 0)
-        except ValueError:
-            declared = 0
-        try:
-            if declared > self.max_body:
-                response = _body_too_large(self.max_body)
-                await response(scope, receive, send_wrapper)
-            else:
-                await self.app(scope, receive_wrapper, send_wrapper)
-        finally:
-            seconds = time.perf_counter() - start
-            path = getattr(scope.get("route"), "path", "unmatched")  # bounded label values
-            self.metrics.request_seconds.labels(path=path, status=str(status)).observe(seconds)
-            fields = {"request_id": rid, "method": scope["method"], "path": scope["path"]}
-            fields |= {"status": status, "duration_ms": round(seconds * 1000, 2)}
-            log.info("request", extra={"fields": fields})
-
-
-def _body_too_large(limit: int) -> JSONResponse:
-    return problem(413, "body_too_large", "Payload too large", f"the body exceeds {limit} bytes")
 
 
 def create_app(
@@ -178,16 +106,16 @@ def create_app(
 
     app = FastAPI(title="headhub extractor", version="1", lifespan=lifespan)
     app.state.loaded, app.state.batcher, app.state.metrics = loaded, batcher, metrics
-    app.add_middleware(RequestContext, metrics=metrics, max_body=max_body)
-
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        metrics.rejected.labels(code="body_too_large").inc()
-        return _body_too_large(max_body)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=max_body,
+        on_refused=metrics.rejected.labels(code="body_too_large").inc,
+    )
+    app.add_middleware(RequestContextMiddleware, observe=metrics.observe_request)
 
     def refuse(status: int, code: str, title: str, detail: str, **kw: Any) -> JSONResponse:
         metrics.rejected.labels(code=code).inc()
-        return problem(status, code, title, detail, **kw)
+        return problem(status, title, detail, code, **kw)
 
     def busy(detail: str) -> JSONResponse:
         return refuse(503, "extractor_busy", "Extractor busy", detail, headers={"Retry-After": "1"})
@@ -252,7 +180,7 @@ def create_app(
     async def readyz() -> dict[str, str] | JSONResponse:
         """Readiness: the network is loaded and the inference thread accepts work."""
         if not batcher.running:
-            return problem(503, "not_ready", "Not ready", "the inference thread is not running")
+            return problem(503, "Not ready", "the inference thread is not running", "not_ready")
         return {"status": "ready", "extractor_id": loaded.id}
 
     @app.get("/metrics")

@@ -1,11 +1,11 @@
-"""Alembic environment: one metadata for every domain (service.models)."""
+"""Alembic environment: one metadata for every domain (service.tables)."""
 
 from __future__ import annotations
 
 from alembic import context
 
 from service.db import make_engine
-from service.models import metadata
+from service.tables import metadata
 
 config = context.config
 

@@ -7,23 +7,26 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from service.blobstore import LocalBlobStore
+from extractor.client import ExtractorClient
+from extractor.web.limits import BodySizeLimitMiddleware
+from extractor.web.requests import RequestContextMiddleware
+from service.console import router as console_router
 from service.datasets.endpoints import router as datasets_router
 from service.db import make_engine, make_sessionmaker
 from service.errors import install_error_handlers
 from service.heads.endpoints import admin_router as admin_heads_router
 from service.heads.endpoints import router as heads_router
-from service.health import router as health_router
+from service.http.health import router as health_router
+from service.http.openapi import install_openapi
+from service.http.prometheus import REQUESTS_IN_FLIGHT, observe_request
+from service.http.prometheus import router as metrics_router
+from service.http.ratelimit import make_limiter
 from service.jobs.endpoints import router as jobs_router
-from service.limits import BodySizeLimitMiddleware
 from service.marketplace.endpoints import router as marketplace_router
-from service.metrics import router as metrics_router
-from service.observability import ObservabilityMiddleware
-from service.openapi import install_openapi
 from service.predict.endpoints import router as predict_router
 from service.predict.extractor_info import router as extractor_info_router
-from service.ratelimit import make_limiter
 from service.settings import Settings, get_settings
+from service.storage.blobstore import LocalBlobStore
 from service.tenants.endpoints import router as tenants_router
 
 # Every domain router, in the order they appear in the OpenAPI document.
@@ -38,15 +41,8 @@ ROUTERS: list[APIRouter] = [
     marketplace_router,
     predict_router,
     extractor_info_router,
+    console_router,  # /v1/whoami, then the console's static files (not in the OpenAPI document)
 ]
-
-
-def _make_extractor_client(settings: Settings):  # type: ignore[no-untyped-def]
-    try:
-        from extractor.client import ExtractorClient
-    except ImportError:  # the extractor client is optional only while it is being built
-        return None
-    return ExtractorClient(settings.extractor_urls, timeout=settings.extractor_timeout_s)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,12 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = make_engine(settings.database_url)
         app.state.sessionmaker = make_sessionmaker(app.state.engine)
-        app.state.extractor = _make_extractor_client(settings)
+        app.state.extractor = ExtractorClient(
+            settings.extractor_urls, timeout=settings.extractor_timeout_s
+        )
         try:
             yield
         finally:
-            if app.state.extractor is not None and hasattr(app.state.extractor, "aclose"):
-                await app.state.extractor.aclose()
+            await app.state.extractor.aclose()
             app.state.engine.dispose()
 
     app = FastAPI(
@@ -80,5 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(ObservabilityMiddleware)  # outermost: sees every response
+    # Outermost: sees every response, the 413s of the body limit included.
+    app.add_middleware(
+        RequestContextMiddleware, observe=observe_request, in_flight=REQUESTS_IN_FLIGHT
+    )
     return app

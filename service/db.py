@@ -95,7 +95,9 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A unit of work for code outside a request (the worker): commit or roll back."""
+    """A unit of work: commit when the block ends, roll back on any exception. The one
+    transaction boundary of the service: each request (`service.deps.get_session`), each step of
+    the worker and of the feature cache."""
     session = factory()
     try:
         yield session

@@ -9,8 +9,9 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from service.auth import Principal, authenticate, require_scope
-from service.blobstore import BlobStore
+from service.db import session_scope
 from service.settings import Settings
+from service.storage.blobstore import BlobStore
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -26,15 +27,8 @@ def get_session(request: Request) -> Iterator[Session]:
     `scope="function"` below makes the commit happen before the response is sent, so a
     client never sees 2xx for a write that then failed to commit.
     """
-    session: Session = request.app.state.sessionmaker()
-    try:
+    with session_scope(request.app.state.sessionmaker) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-PROBLEM_JSON = "application/problem+json"
+from extractor.web.problems import problem
 
 
 class HeadhubError(Exception):
@@ -83,25 +83,6 @@ class BadGateway(HeadhubError):
     status, code, title = 502, "bad_gateway", "Bad gateway"
 
 
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    code: str,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> JSONResponse:
-    body = {
-        "type": f"https://headhub.dev/problems/{code}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": code,
-        **extra,
-    }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Map every expected failure to problem+json; nothing expected becomes a 500."""
 
@@ -132,7 +113,8 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, str(exc.detail), str(exc.detail), code, getattr(exc, "headers", None)
         )
 
-    # Reliability item 30: the database restarting or unreachable is an expected outage -> 503.
+    # The database restarting or unreachable is an expected outage -> 503 (docs/architecture.md,
+    # "Failure handling at the boundaries").
     from sqlalchemy.exc import InterfaceError, OperationalError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     # Blob store root; default data_dir/blobs.
     blob_dir: Path | None = None
 
-    # --- limits (reliability.md items 2, 7, 9, 10, 18, 19) ---
+    # --- limits (docs/architecture.md, "Untrusted input" and "Tenancy and keys") ---
     max_body_bytes: int = 64 * 1024 * 1024
     max_files_per_request: int = 256
     max_field_bytes: int = 64 * 1024
@@ -44,14 +44,14 @@ class Settings(BaseSettings):
     # Burst size of the per-key token bucket (requests); default: rate_limit_per_minute.
     rate_limit_burst: int | None = None
 
-    # --- operations (issue 5) ---
+    # --- operations (README, "Operations") ---
     log_level: str = "INFO"
     # "json" (one object per line, for log shippers) or "text" (for a terminal).
     log_format: str = "json"
-    # SIGTERM: seconds in-flight requests get to finish before uvicorn drops them (item 35).
+    # SIGTERM: seconds in-flight requests get to finish before uvicorn drops them.
     shutdown_timeout_s: float = 30.0
 
-    # --- training jobs and workers (issue 4) ---
+    # --- training jobs and workers (docs/architecture.md, "Data flow of training") ---
     # A running job whose worker has not renewed its lease for this long is claimed again.
     job_lease_s: float = 30.0
     # How often a worker renews its lease, writes progress and reads cancel requests.
@@ -66,9 +66,6 @@ class Settings(BaseSettings):
     worker_grace_s: float = 30.0
     # Intra-op threads per training job; concurrency, not threads, is what scales heads.
     worker_torch_threads: int = 1
-    # Test-only knob: sleep this long after every training epoch, so tests can catch a job
-    # mid-training (SIGKILL, cancel, SIGTERM) without racing a fast trainer. Keep 0 in production.
-    train_epoch_delay_s: float = 0.0
 
     @field_validator("extractor_urls", mode="before")
     @classmethod
@@ -91,10 +88,6 @@ class Settings(BaseSettings):
         if self.blob_dir is None:
             self.blob_dir = self.data_dir / "blobs"
         return self
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
     def pepper(self) -> bytes:
         """The HMAC pepper: from the environment, else a random one persisted under data_dir."""

@@ -20,9 +20,10 @@ ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CLOSED_PORT_URL = "http://127.0.0.1:9"  # nothing listens: the extractor is "down"
 
 pytest_plugins = [
-    p
-    for p in ("tests.fixtures.db", "tests.fixtures.extractor")
-    if (Path(__file__).parent / "fixtures" / (p.rsplit(".", 1)[-1] + ".py")).exists()
+    "tests.fixtures.db",
+    "tests.fixtures.processes",
+    "tests.fixtures.slow_training",
+    "tests.fixtures.extractor",
 ]
 
 
@@ -35,6 +36,19 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     with contextlib.suppress(Exception):
         drop_pg_template()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Every test runs torch on one intra-op thread, as `headhub worker` trains a job: on a
+    shared 2-core machine, OpenMP threads spin-waiting against each other make tiny models many
+    times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:

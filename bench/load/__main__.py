@@ -31,6 +31,7 @@ from bench.load.generator import LevelResult, batch_totals, run_level
 from bench.load.scenario import COLOURS, Scenario, synthetic_png
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "load.md"
+HEADHUB = [sys.executable, "-m", "service.commands.cli"]  # the `headhub` console script
 
 
 def _free_port_pair() -> int:
@@ -55,7 +56,7 @@ def headhub_up(timeout: float = 180) -> Iterator[tuple[str, str, str]]:
         env.pop("HEADHUB_ADMIN_KEY", None)
         log = open(Path(tmp) / "up.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "up", "--port", str(port), "--data-dir", tmp],
+            [*HEADHUB, "up", "--port", str(port), "--data-dir", tmp],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -1,4 +1,4 @@
-"""Request body size limit as pure ASGI middleware (reliability.md item 9).
+"""Request body size limit as pure ASGI middleware (docs/architecture.md, "Untrusted input").
 
 Starlette and uvicorn set no total body limit. A declared Content-Length over the limit is
 refused before a byte is read; a body without one (chunked) is counted while it streams and
@@ -9,10 +9,11 @@ from a form parser, a 500), the client gets the 413: the middleware swaps the re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PROBLEM_JSON
+from extractor.web.problems import PROBLEM_JSON, problem_document
 
 
 class BodyTooLarge(Exception):
@@ -20,15 +21,8 @@ class BodyTooLarge(Exception):
 
 
 def _problem_413(limit: int) -> tuple[Message, Message]:
-    body = json.dumps(
-        {
-            "type": "https://headhub.dev/problems/body_too_large",
-            "title": "Payload too large",
-            "status": 413,
-            "detail": f"The request body is larger than the limit of {limit} bytes.",
-            "code": "body_too_large",
-        }
-    ).encode()
+    detail = f"The request body is larger than the limit of {limit} bytes."
+    body = json.dumps(problem_document(413, "Payload too large", detail, "body_too_large")).encode()
     start = {
         "type": "http.response.start",
         "status": 413,
@@ -42,11 +36,15 @@ def _problem_413(limit: int) -> tuple[Message, Message]:
 
 
 class BodySizeLimitMiddleware:
-    """Refuse request bodies over `max_body_bytes` with a problem+json 413."""
+    """Refuse request bodies over `max_body_bytes` with a problem+json 413; `on_refused()` is
+    called once per refused request (the extractor counts them)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, on_refused: Callable[[], None] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,7 +53,7 @@ class BodySizeLimitMiddleware:
         limit = self.max_body_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _send_413(send, limit)
+            await self._send_413(send)
             return
 
         received = 0
@@ -83,7 +81,7 @@ class BodySizeLimitMiddleware:
                 # The app answered after its body read failed: send the 413 instead, once.
                 if message["type"] == "http.response.start":
                     started = replaced = True
-                    await _send_413(send, limit)
+                    await self._send_413(send)
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -93,19 +91,20 @@ class BodySizeLimitMiddleware:
             await self.app(scope, limited_receive, guarded_send)
         except BodyTooLarge:
             if not started:
-                await _send_413(send, limit)
+                await self._send_413(send)
         except Exception:
             # An error raised because the body read failed (e.g. wrapped by a parser).
             if not exceeded:
                 raise
             if not started:
-                await _send_413(send, limit)
+                await self._send_413(send)
 
-
-async def _send_413(send: Send, limit: int) -> None:
-    start, body = _problem_413(limit)
-    await send(start)
-    await send(body)
+    async def _send_413(self, send: Send) -> None:
+        if self.on_refused is not None:
+            self.on_refused()
+        start, body = _problem_413(self.max_body_bytes)
+        await send(start)
+        await send(body)
 
 
 def _content_length(scope: Scope) -> int | None:

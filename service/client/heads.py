@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from service.client_cli import DEFAULT_URL, Key, Url, _api, _metric, cli_errors, console
-from service.client_http import CliError, HeadRef
+from service.client.http import DEFAULT_URL, CliError, head_ref
+from service.client.terminal import Key, Url, cli_errors, connect, console, metric, size
 
 PREDICT_BATCH = 16  # images per /v1/predict request
 
@@ -23,7 +23,7 @@ def heads(
     key: Key = None,
 ) -> None:
     """Your heads, or one head's versions, aliases and metrics."""
-    api = _api(url, key)
+    api = connect(url, key)
     if ref is None:
         table = Table("head", "visibility", "versions", "latest", "aliases", "uses", "description")
         for h in api.items("/v1/heads"):
@@ -38,7 +38,7 @@ def heads(
             )
         console.print(table)
         return
-    head = api.head(HeadRef.parse(ref))
+    head = api.head(head_ref(ref))
     by_version: dict[int, list[str]] = {}
     for alias, v in (head.get("aliases") or {}).items():
         by_version.setdefault(int(v), []).append(alias)
@@ -60,9 +60,9 @@ def heads(
             str(v["version"]),
             v.get("head_type", ""),
             str(len(v.get("labels") or [])),
-            _metric(m, "val_top1"),
-            _metric(m, "val_top5"),
-            _size(v.get("size_bytes")),
+            metric(m, "val_top1"),
+            metric(m, "val_top5"),
+            size(v.get("size_bytes")),
             ", ".join(sorted(by_version.get(int(v["version"]), []))),
             str(v.get("created_at", ""))[:19],
         )
@@ -71,12 +71,6 @@ def heads(
 
 def _aliases(aliases: dict[str, int] | None) -> str:
     return ", ".join(f"{a}->{v}" for a, v in sorted((aliases or {}).items()))
-
-
-def _size(n: Any) -> str:
-    if not isinstance(n, int):
-        return "-"
-    return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 2**20:.1f} MiB"
 
 
 @cli_errors
@@ -88,8 +82,8 @@ def alias(
     key: Key = None,
 ) -> None:
     """Point ALIAS (e.g. production) of a head at VERSION."""
-    api = _api(url, key)
-    head = api.head(HeadRef.parse(ref))
+    api = connect(url, key)
+    head = api.head(head_ref(ref))
     api.request(
         "PUT",
         f"/v1/heads/{head['owner']}/{head['name']}/aliases/{alias_name}",
@@ -107,8 +101,8 @@ def publish(
     key: Key = None,
 ) -> None:
     """Make a head public in the marketplace (or private again with --private)."""
-    api = _api(url, key)
-    head = api.head(HeadRef.parse(ref))
+    api = connect(url, key)
+    head = api.head(head_ref(ref))
     body: dict[str, Any] = {"visibility": "private" if private else "public"}
     if description is not None:
         body["description"] = description
@@ -125,7 +119,7 @@ def marketplace(
 ) -> None:
     """Browse public heads of all tenants."""
     table = Table("head", "labels", "best val_top1", "versions", "uses", "description")
-    for h in _api(url, key).items("/v1/marketplace", {"q": q, "label": label}):
+    for h in connect(url, key).items("/v1/marketplace", {"q": q, "label": label}):
         labels = h.get("labels") or []
         shown = ", ".join(labels[:6]) + (f" (+{len(labels) - 6})" if len(labels) > 6 else "")
         best = h.get("best_metrics") or h.get("metrics")
@@ -133,7 +127,7 @@ def marketplace(
         table.add_row(
             f"{h['owner']}/{h['name']}",
             shown,
-            _metric(best, "val_top1"),
+            metric(best, "val_top1"),
             str(len(versions) if isinstance(versions, list) else versions or ""),
             str(h.get("usage_count", "")),
             h.get("description") or "",
@@ -150,9 +144,9 @@ def predict(
     key: Key = None,
 ) -> None:
     """Classify images with one or more heads: a table of the top-k labels."""
-    api = _api(url, key)
+    api = connect(url, key)
     for ref in head:
-        HeadRef.parse(ref)  # fail fast on a typo, before reading images
+        head_ref(ref)  # fail fast on a typo, before reading images
     table = Table("file", "head", "label", "score")
     for start in range(0, len(images), PREDICT_BATCH):
         chunk = images[start : start + PREDICT_BATCH]
@@ -186,8 +180,8 @@ def export(
     key: Key = None,
 ) -> None:
     """Download one head version as safetensors or ONNX, for on-device use."""
-    api = _api(url, key)
-    head, version = api.head_version(HeadRef.parse(ref))
+    api = connect(url, key)
+    head, version = api.head_version(head_ref(ref))
     out = output or Path(f"{head['name']}-v{version}.{fmt}")
     resp = api.request(
         "GET",
@@ -201,5 +195,5 @@ def export(
     os.replace(tmp, out)  # never a half-written file under the final name
     console.print(
         f"wrote {head['owner']}/{head['name']}:{version} ({fmt}, "
-        f"{_size(len(resp.content))}) to {out}"
+        f"{size(len(resp.content))}) to {out}"
     )

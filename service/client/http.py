@@ -1,23 +1,26 @@
 """The HTTP side of the `headhub` client commands: one small client, problem details as errors.
 
 Kept apart from the typer commands so the journey can be driven against any `httpx.Client`
-(a real server, or FastAPI's TestClient in tests).
+(a real server, or FastAPI's TestClient in tests). Head references are parsed and resolved by the
+server's own grammar (`service.heads.refs`), so the client never accepts what the server refuses.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-_REF = re.compile(
-    r"^(?:(?P<owner>[a-z0-9-]+)/)?(?P<name>[A-Za-z0-9._-]+)"
-    r"(?::(?P<version>\d+)|@(?P<alias>[A-Za-z0-9._-]+))?$"
+from service.heads.refs import (
+    HeadRef,
+    InvalidHeadRef,
+    UnresolvedRef,
+    parse_ref,
+    version_to_use,
 )
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class CliError(Exception):
@@ -30,28 +33,15 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
-class HeadRef:
-    owner: str | None
-    name: str
-    version: int | None = None
-    alias: str | None = None
-
-    @classmethod
-    def parse(cls, ref: str) -> HeadRef:
-        m = _REF.match(ref.strip())
-        if not m:
-            raise CliError(
-                f"'{ref}' is not a head reference; use owner/name, name:3 or owner/name@alias."
-            )
-        v = m.group("version")
-        return cls(m.group("owner"), m.group("name"), int(v) if v else None, m.group("alias"))
-
-    def __str__(self) -> str:
-        base = f"{self.owner}/{self.name}" if self.owner else self.name
-        if self.version is not None:
-            return f"{base}:{self.version}"
-        return f"{base}@{self.alias}" if self.alias else base
+def head_ref(text: str) -> HeadRef:
+    """Parse a head reference as the server does; a typo is a `CliError` before any request."""
+    try:
+        return parse_ref(text)
+    except InvalidHeadRef as e:
+        raise CliError(
+            f"'{text}' is not a head reference ({e.reason}); use owner/name, name:3 or "
+            "owner/name@alias."
+        ) from None
 
 
 def problem_message(resp: httpx.Response) -> str:
@@ -135,22 +125,16 @@ class ApiClient:
         return self.get(f"/v1/heads/{owner}/{ref.name}")  # type: ignore[no-any-return]
 
     def head_version(self, ref: HeadRef) -> tuple[dict[str, Any], int]:
-        """(head, version) resolved like the server: :v, @alias, else production, else newest."""
+        """(head, version) resolved by the server's rule (`service.heads.refs.version_to_use`)."""
         head = self.head(ref)
         aliases: dict[str, int] = head.get("aliases") or {}
         versions = [int(v["version"]) for v in head.get("versions") or []]
-        if ref.version is not None:
-            version = ref.version
-        elif ref.alias is not None:
-            if ref.alias not in aliases:
-                raise CliError(
-                    f"Head {head['owner']}/{head['name']} has no alias '{ref.alias}'.", status=404
-                )
-            version = aliases[ref.alias]
-        elif "production" in aliases:
-            version = aliases["production"]
-        elif versions:
-            version = max(versions)
-        else:
-            raise CliError(f"Head {head['owner']}/{head['name']} has no versions yet.", status=404)
+        try:
+            version = version_to_use(
+                ref,
+                alias_target=aliases.get(ref.effective_alias),
+                newest=lambda: max(versions, default=None),
+            )
+        except UnresolvedRef as e:
+            raise CliError(f"Head {head['owner']}/{head['name']} {e.reason}.", status=404) from None
         return head, version

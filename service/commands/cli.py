@@ -2,7 +2,7 @@
 
 Server commands: `up` (everything, supervised), `api`, `migrate`, `worker`, `gc`; `extractor` is
 mounted from its package. Client commands (`upload`, `train`, `predict`, ...) live in
-`service.client_cli`.
+`service.client`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from extractor.cli import app as extractor_app
-from service import client_cli
+from extractor.web.logs import configure_logging
+from service import client
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -34,7 +35,7 @@ def up(
     checkpoint: Annotated[Path | None, typer.Option(help="extractor checkpoint")] = None,
 ) -> None:
     """Everything on one machine: migrate, then extractor + API + worker, until Ctrl-C."""
-    from service.up import UpConfig, run_up
+    from service.commands.up import UpConfig, run_up
 
     code = run_up(
         UpConfig(
@@ -57,7 +58,6 @@ def api(
     import uvicorn
 
     from service.app import create_app
-    from service.observability import configure_logging
     from service.settings import get_settings
 
     settings = get_settings()
@@ -90,16 +90,11 @@ def worker(
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="jobs trained at once")] = 1,
 ) -> None:
     """Training worker: claims queued jobs, trains heads, registers versions. SIGTERM drains."""
+    from service.jobs.worker import main as run_worker
     from service.settings import get_settings
-    from service.worker import main as run_worker
 
     settings = get_settings()
-    try:
-        from service.observability import configure_logging
-
-        configure_logging("worker", level=settings.log_level, fmt=settings.log_format)
-    except ImportError:  # pragma: no cover - logging setup is optional
-        pass
+    configure_logging("worker", level=settings.log_level, fmt=settings.log_format)
     raise typer.Exit(run_worker(settings, concurrency=concurrency))
 
 
@@ -111,10 +106,10 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="report, delete nothing")] = False,
 ) -> None:
     """Delete stored images and head files that no dataset or head version refers to."""
-    from service.blobstore import LocalBlobStore
     from service.db import make_engine, make_sessionmaker
-    from service.gc import collect_garbage
     from service.settings import get_settings
+    from service.storage.blobstore import LocalBlobStore
+    from service.storage.gc import collect_garbage
 
     settings = get_settings()
     assert settings.blob_dir is not None
@@ -134,7 +129,7 @@ def gc(
 
 # `headhub extractor inspect|serve|train`: the extractor package owns its commands.
 app.add_typer(extractor_app, name="extractor")
-client_cli.register(app)
+client.register(app)
 
 
 def main() -> None:

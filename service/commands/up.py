@@ -194,7 +194,7 @@ class Supervisor:
 
 
 def child_argv(config: UpConfig, extractor_port: int) -> list[Child]:
-    py = [sys.executable, "-m", "service.cli"]
+    py = [sys.executable, "-m", "service.commands.cli"]
     extractor = [*py, "extractor", "serve", "--port", str(extractor_port)]
     if config.checkpoint is not None:
         extractor += ["--checkpoint", str(config.checkpoint)]
@@ -207,7 +207,7 @@ def child_argv(config: UpConfig, extractor_port: int) -> list[Child]:
 
 def run_up(config: UpConfig) -> int:
     """The `headhub up` command; returns the process exit code."""
-    from service.observability import configure_logging
+    from extractor.web.logs import configure_logging
 
     data_dir = config.data_dir.resolve()
     os.environ["HEADHUB_DATA_DIR"] = str(data_dir)

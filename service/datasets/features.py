@@ -16,10 +16,11 @@ from typing import Any, Protocol
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from extractor.client import ExtractorRejectedImage
 from extractor.wire import FeatureBatch
-from service.blobstore import BlobNotFound, BlobStore, image_key
 from service.datasets import repository as repo
 from service.db import session_scope
+from service.storage.blobstore import BlobNotFound, BlobStore, image_key
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,6 @@ class SyncExtractor(Protocol):
 
 class ExtractorChanged(RuntimeError):
     """The extractor answering is not the one the run started with (a redeploy mid-run)."""
-
-
-def _rejected_image_error() -> type[Exception] | None:
-    try:
-        from extractor.client import ExtractorRejectedImage
-    except ImportError:  # pragma: no cover - the client is part of the package
-        return None
-    return ExtractorRejectedImage  # type: ignore[no-any-return]
 
 
 def _rows(extractor_id: str, shas: list[str], batch: FeatureBatch) -> list[dict[str, object]]:
@@ -80,12 +73,9 @@ def _compute(
     """One batch through the extractor; if it refuses an image, go one by one and skip that one."""
     if not files:
         return []
-    rejected = _rejected_image_error()
     try:
         return _rows(extractor_id, [f[0] for f in files], client.features_sync(files))
-    except Exception as exc:
-        if rejected is None or not isinstance(exc, rejected):
-            raise
+    except ExtractorRejectedImage as exc:
         if len(files) == 1:
             log.warning("extractor refused image %s: %s", files[0][0], exc)
             return []

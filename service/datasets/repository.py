@@ -9,7 +9,7 @@ from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.datasets.models import Dataset, DatasetImage, Feature
+from service.datasets.tables import Dataset, DatasetImage, Feature
 
 
 def get_dataset(session: Session, dataset_id: str, tenant_id: str | None) -> Dataset | None:

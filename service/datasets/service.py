@@ -15,10 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from extractor.imaging import ImageRejected, decode_image
 from service.auth import Principal
-from service.blobstore import BlobStore, image_key, sha256_hex
 from service.datasets import repository as repo
-from service.datasets.models import Dataset, DatasetImage
 from service.datasets.schemas import DatasetOut, RejectedFile, UploadResult
+from service.datasets.tables import Dataset, DatasetImage
 from service.db import as_utc, session_scope, utcnow
 from service.errors import (
     BadRequest,
@@ -29,6 +28,7 @@ from service.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
+from service.storage.blobstore import BlobStore, image_key, sha256_hex
 from service.tenants.repository import get_tenant_by_name
 
 log = logging.getLogger(__name__)

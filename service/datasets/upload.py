@@ -17,15 +17,15 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.blobstore import BlobStore
 from service.datasets import archive as zips
 from service.datasets import service
 from service.datasets.features import BackgroundFeaturizer
 from service.datasets.labels import InvalidLabel, normalize_label
-from service.datasets.models import Dataset
 from service.datasets.schemas import RejectedFile
+from service.datasets.tables import Dataset
 from service.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from service.settings import Settings
+from service.storage.blobstore import BlobStore
 
 MAX_FORM_FIELDS = 8  # the form has one text field (`label`); a few more are tolerated
 _FIELDS = {"label", "files", "archive"}

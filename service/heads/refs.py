@@ -1,11 +1,13 @@
 """Head references: ``<owner>/<name>[:<version>|@<alias>]`` (api.md, "Head references").
 
-Parsing is pure so that the CLI, the predict endpoint and the tests share one grammar.
+Parsing and the choice of version are pure, so that the server (predict, export) and the client
+commands share one grammar and one resolution rule.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Names are slugs so they can appear in URLs and references without escaping; ``:``, ``@`` and
@@ -50,6 +52,20 @@ class HeadRef:
             return f"{text}@{self.alias}"
         return text
 
+    @property
+    def effective_alias(self) -> str:
+        """The alias a reference without a version resolves through: its own, else `production`."""
+        return self.alias or DEFAULT_ALIAS
+
+
+class UnresolvedRef(LookupError):
+    """A well-formed reference that names no version of its head; ``code`` is the problem code."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
 
 def is_valid_head_name(name: str) -> bool:
     return bool(_NAME.match(name))
@@ -91,3 +107,21 @@ def parse_ref_list(text: str, *, max_refs: int) -> list[HeadRef]:
         raise InvalidHeadRef(text, f"at most {max_refs} heads per request")
     refs = [parse_ref(p) for p in parts]
     return list(dict.fromkeys(refs))
+
+
+def version_to_use(
+    ref: HeadRef, *, alias_target: int | None, newest: Callable[[], int | None]
+) -> int:
+    """The version number a reference means: ``:<version>``; else the version its
+    ``effective_alias`` points at (``alias_target``, None when unset); else, when the reference
+    named no alias, the newest version. Raises ``UnresolvedRef``."""
+    if ref.version is not None:
+        return ref.version
+    if alias_target is not None:
+        return alias_target
+    if ref.alias is not None:
+        raise UnresolvedRef("head_alias_not_found", f"has no alias '{ref.alias}'")
+    found = newest()
+    if found is None:
+        raise UnresolvedRef("head_version_not_found", "has no versions")
+    return found

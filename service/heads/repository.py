@@ -9,8 +9,8 @@ from sqlalchemy import String, cast, delete, exists, func, or_, select, tuple_, 
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
-from service.heads.models import Head, HeadAlias, HeadUsage, HeadVersion
-from service.tenants.models import Tenant
+from service.heads.tables import Head, HeadAlias, HeadUsage, HeadVersion
+from service.tenants.tables import Tenant
 
 HeadRow = tuple[Head, str]  # a head with its owner's tenant name
 

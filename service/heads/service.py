@@ -12,7 +12,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.auth import Principal
-from service.blobstore import BlobNotFound, BlobStore
 from service.db import utcnow
 from service.errors import Conflict, Forbidden, NotFound, Unprocessable
 from service.heads import repository as repo
@@ -26,8 +25,15 @@ from service.heads.headfile import (
     infer_feature_dim,
     to_numpy,
 )
-from service.heads.models import Head, HeadAlias, HeadVersion
-from service.heads.refs import DEFAULT_ALIAS, HeadRef, InvalidHeadRef, is_valid_head_name
+from service.heads.refs import (
+    HeadRef,
+    InvalidHeadRef,
+    UnresolvedRef,
+    is_valid_head_name,
+    version_to_use,
+)
+from service.heads.tables import Head, HeadAlias, HeadVersion
+from service.storage.blobstore import BlobNotFound, BlobStore
 
 ALIAS_IN_USE = "version_aliased"
 
@@ -195,25 +201,19 @@ def resolve(session: Session, principal: Principal, ref: HeadRef) -> ResolvedHea
     head = find_visible(session, principal, owner, ref.name)
     if head.suspended:
         raise _suspended(owner, ref.name)
-    if ref.version is not None:
-        version = get_version_or_404(session, head, owner, ref.version)
-    else:
-        alias = ref.alias or DEFAULT_ALIAS
-        found = repo.get_alias(session, head.id, alias)
-        if found is not None:
-            version = get_version_or_404(session, head, owner, found.version)
-        elif ref.alias is not None:
-            raise NotFound(
-                f"Head '{owner}/{ref.name}' has no alias '{ref.alias}'.",
-                code="head_alias_not_found",
-            )
-        else:
-            newest = repo.newest_version(session, head.id)
-            if newest is None:
-                raise NotFound(
-                    f"Head '{owner}/{ref.name}' has no versions.", code="head_version_not_found"
-                )
-            version = newest
+    alias = repo.get_alias(session, head.id, ref.effective_alias) if ref.version is None else None
+
+    def newest() -> int | None:
+        found = repo.newest_version(session, head.id)
+        return found.version if found is not None else None
+
+    try:
+        number = version_to_use(
+            ref, alias_target=alias.version if alias is not None else None, newest=newest
+        )
+    except UnresolvedRef as e:
+        raise NotFound(f"Head '{owner}/{ref.name}' {e.reason}.", code=e.code) from None
+    version = get_version_or_404(session, head, owner, number)
     return ResolvedHead(head=head, owner=owner, version=version)
 
 

@@ -6,8 +6,8 @@ from sqlalchemy.orm import Session
 
 from service.errors import BadRequest
 from service.heads import repository as repo
-from service.heads.models import Head, HeadVersion
 from service.heads.schemas import HeadList, HeadOut, HeadSummary, HeadVersionOut
+from service.heads.tables import Head, HeadVersion
 
 
 def version_out(owner: str, head: Head, v: HeadVersion, aliases: dict[str, int]) -> HeadVersionOut:

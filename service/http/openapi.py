@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.errors import PROBLEM_JSON
+from extractor.web.problems import PROBLEM_JSON
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "title": "Problem",

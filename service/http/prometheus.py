@@ -1,6 +1,7 @@
 """Prometheus metrics of the API, and the `/metrics` endpoint.
 
-Request latency is measured in-process (the observability middleware). Everything about jobs is
+Request latency is measured in-process (`observe_request`, called by the request middleware of
+`extractor.web.requests`). Everything about jobs is
 read from the database at scrape time: jobs by status and training durations are the queue's
 truth, the same whichever API replica is scraped, and they need no metrics port on the workers.
 The head cache is read from the app's cache object at scrape time too.
@@ -42,8 +43,12 @@ REQUEST_LATENCY = Histogram(
 REQUESTS_IN_FLIGHT = Gauge("headhub_http_requests_in_flight", "API requests being served now.")
 
 
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    REQUEST_LATENCY.labels(method, route, str(status)).observe(seconds)
+
+
 def _jobs_table() -> Any:
-    import service.models  # noqa: F401  (registers every table on Base.metadata)
+    import service.tables  # noqa: F401  (registers every table on Base.metadata)
     from service.db import Base
 
     return Base.metadata.tables.get("jobs")

@@ -20,9 +20,9 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, case, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from service.datasets.models import Dataset, DatasetImage
-from service.jobs.models import ACTIVE, Job, JobStatus
-from service.tenants.models import Tenant
+from service.datasets.tables import Dataset, DatasetImage
+from service.jobs.tables import ACTIVE, Job, JobStatus
+from service.tenants.tables import Tenant
 
 QUEUED, RUNNING = JobStatus.queued.value, JobStatus.running.value
 

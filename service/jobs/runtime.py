@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,11 +49,10 @@ class JobHeartbeat:
         *,
         interval: float,
         lease_s: float,
-        epoch_delay_s: float = 0.0,
         handback: threading.Event | None = None,
     ) -> None:
         self.factory, self.job = factory, job
-        self.interval, self.lease_s, self.epoch_delay_s = interval, lease_s, epoch_delay_s
+        self.interval, self.lease_s = interval, lease_s
         self.handback = handback or threading.Event()
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
@@ -119,5 +117,3 @@ class JobHeartbeat:
         with self._lock:
             self._progress = FEATURES_SHARE + (1 - FEATURES_SHARE) * min(fraction, 1.0) * 0.99
             self._history.append(entry)
-        if self.epoch_delay_s:
-            time.sleep(self.epoch_delay_s)  # test-only knob (Settings.train_epoch_delay_s)

@@ -14,8 +14,8 @@ from service.auth import Principal
 from service.db import as_utc, utcnow
 from service.errors import BadRequest, Conflict, NotFound, RateLimited, Unprocessable
 from service.jobs import repository as repo
-from service.jobs.models import FINISHED, Job, JobStatus
 from service.jobs.schemas import HeadVersionRef, JobCreate, JobList, JobOut
+from service.jobs.tables import FINISHED, Job, JobStatus
 from service.settings import Settings
 from service.training import InvalidParams, parse_params
 

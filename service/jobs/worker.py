@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.blobstore import BlobStore, LocalBlobStore
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
 from service.errors import HeadhubError
 from service.jobs import repository as repo
-from service.jobs.models import JobStatus
 from service.jobs.runtime import ClaimedJob, JobHeartbeat, LeaseLost
 from service.jobs.service import backoff_s
+from service.jobs.tables import JobStatus
 from service.settings import Settings
+from service.storage.blobstore import BlobStore, LocalBlobStore
 from service.training import (
     InvalidParams,
     InvalidTrainingData,
@@ -107,7 +107,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 ran = self.run_once(worker_id)
-            except Exception:  # the database is away (item 30): log, wait, try again
+            except Exception:  # the database is away: log, wait, try again
                 log.exception("worker %s: claim failed", worker_id)
                 ran = False
             if not ran:
@@ -155,7 +155,6 @@ class Worker:
             job,
             interval=s.job_heartbeat_s,
             lease_s=s.job_lease_s,
-            epoch_delay_s=s.train_epoch_delay_s,
             handback=self.handback,
         )
         try:

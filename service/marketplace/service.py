@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service.heads import repository as repo
-from service.heads.models import HeadVersion
 from service.heads.refs import DEFAULT_ALIAS
+from service.heads.tables import HeadVersion
 from service.marketplace.schemas import MarketplaceCard, MarketplaceList
 
 # Scalar metrics worth showing on a card; the full history stays on the version.

@@ -9,10 +9,10 @@ import numpy as np
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from extractor.web.requests import current_request_id
 from service.deps import BlobsDep, ExtractorDep, PredictDep, SessionDep, SettingsDep
 from service.errors import BadGateway, PayloadTooLarge
 from service.heads.deps import HeadCacheDep
-from service.observability import current_request_id
 from service.predict import service
 from service.predict.extractor_errors import extractor_errors
 from service.predict.schemas import FeaturesRequest, PredictResponse

@@ -15,7 +15,6 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from service.auth import Principal
-from service.blobstore import BlobStore
 from service.errors import Conflict, Unprocessable
 from service.heads import evaluate
 from service.heads import repository as heads_repo
@@ -24,6 +23,7 @@ from service.heads.cache import HeadCache
 from service.heads.headfile import HeadFile
 from service.heads.refs import InvalidHeadRef, parse_ref, parse_ref_list
 from service.predict.schemas import MAX_HEADS_PER_REQUEST, ImageResult, Prediction
+from service.storage.blobstore import BlobStore
 
 
 @dataclass(frozen=True)

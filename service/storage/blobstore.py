@@ -1,19 +1,18 @@
 """Blob storage behind a small interface, so an S3-compatible store can replace the local one.
 
 Keys are server-made (`images/ab/<sha256>`, `heads/...`): a strict key grammar means a client's
-file name can never become a storage path (reliability.md item 11), even through a bug elsewhere.
+file name can never become a storage path, even through a bug elsewhere (docs/architecture.md,
+"Untrusted input").
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import re
 import stat
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -133,42 +132,3 @@ class LocalBlobStore:
     def path_for(self, key: str) -> Path | None:
         """A local file path for tools that want one (a remote store would return None)."""
         return self._path(key)
-
-
-class MemoryBlobStore:
-    """A working in-memory fake for unit tests of code that only needs the protocol."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, bytes] = {}
-        self._written: dict[str, float] = {}
-
-    def put(self, key: str, data: bytes) -> None:
-        self._data[validate_key(key)] = bytes(data)
-        self._written[key] = time.time()
-
-    def get(self, key: str) -> bytes:
-        try:
-            return self._data[validate_key(key)]
-        except KeyError as exc:
-            raise BlobNotFound(key) from exc
-
-    def exists(self, key: str) -> bool:
-        return validate_key(key) in self._data
-
-    def delete(self, key: str) -> None:
-        self._data.pop(validate_key(key), None)
-        self._written.pop(key, None)
-
-    def scan(self, written_before: float) -> Iterator[tuple[str, int]]:
-        old = [(k, len(v)) for k, v in self._data.items() if self._written[k] < written_before]
-        yield from old
-
-    def open(self, key: str) -> BinaryIO:
-        return io.BytesIO(self.get(key))
-
-    def path_for(self, key: str) -> Path | None:
-        validate_key(key)
-        return None
-
-    def keys(self) -> list[str]:
-        return sorted(self._data)

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.blobstore import BlobStore, image_key
-from service.datasets.models import DatasetImage
+from service.datasets.tables import DatasetImage
 from service.db import session_scope
-from service.heads.models import HeadVersion
+from service.heads.tables import HeadVersion
+from service.storage.blobstore import BlobStore, image_key
 
 __all__ = ["GcReport", "collect_garbage", "referenced_keys"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.tenants.models import ApiKey, Tenant
+from service.tenants.tables import ApiKey, Tenant
 
 
 def get_key_with_tenant(session: Session, key_id: str) -> tuple[ApiKey, Tenant] | None:

@@ -9,7 +9,7 @@ from service.auth import Principal, generate_key
 from service.db import utcnow
 from service.errors import Conflict, NotFound
 from service.tenants import repository as repo
-from service.tenants.models import ApiKey, Tenant
+from service.tenants.tables import ApiKey, Tenant
 
 
 def create_tenant(session: Session, name: str) -> Tenant:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.datasets.models import DatasetImage
+from service.datasets.tables import DatasetImage
 from service.settings import Settings
 from tests.datasets import makers
 from tests.datasets.conftest import MakeTenant, Owner, new_dataset, upload_files

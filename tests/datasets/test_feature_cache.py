@@ -16,9 +16,9 @@ from extractor.client import ExtractorClient, ExtractorRejectedImage
 from extractor.packing import pack_signs
 from extractor.wire import FeatureBatch
 from service.app import create_app
-from service.blobstore import sha256_hex
 from service.datasets.features import ensure_features, load_features
 from service.settings import Settings
+from service.storage.blobstore import sha256_hex
 from tests.conftest import create_tenant, make_settings
 from tests.datasets import makers
 from tests.datasets.conftest import LIMITS, MakeTenant, new_dataset, upload_files

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from service.blobstore import image_key, sha256_hex
 from service.settings import Settings
+from service.storage.blobstore import image_key, sha256_hex
 from tests.datasets import makers
 from tests.datasets.conftest import MakeTenant, new_dataset, upload_archive, upload_files
 

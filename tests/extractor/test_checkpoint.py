@@ -25,7 +25,6 @@ from extractor.layers import BinaryUnitBN, FoldedBinaryLayer, set_binarize
 from extractor.models import DEFAULT_ARCH, create_model
 from extractor.packing import pack_signs, packed_width
 from extractor.quantizers import clip_latent_weights_
-from tests.extractor._torch_threads import one_torch_thread  # noqa: F401  (autouse)
 
 TINY = {
     "birealnet_112": {"widths": (8, 16, 16, 24), "stem_width": 8, "input_size": 32},

@@ -18,7 +18,6 @@ from extractor.distill.corpus import CorpusConfig, build_corpus
 from extractor.distill.procedural import generate
 from extractor.distill.train import DistillError, TrainConfig, Trainer, lr_at
 from extractor.layers import BinaryUnitBN, is_fully_binary
-from tests.extractor._torch_threads import one_torch_thread  # noqa: F401
 
 TINY_ARCH = {"input_size": 32, "widths": (8, 16), "depths": (1, 1)}
 

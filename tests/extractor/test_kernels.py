@@ -24,7 +24,6 @@ from extractor.kernels import ops
 from extractor.layers import BinaryUnitBN, FoldedBinaryLayer
 from extractor.packing import pack_signs
 from extractor.quantizers import sign
-from tests.extractor._torch_threads import one_torch_thread  # noqa: F401  (autouse)
 from tests.fixtures.extractor import make_tiny_checkpoint
 
 NATIVE = ops.backend() == "native"

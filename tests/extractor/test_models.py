@@ -11,7 +11,6 @@ import torch
 from extractor.layers import BinaryConvBN, BinaryUnitBN, set_binarize
 from extractor.models import DEFAULT_ARCH, UnknownModelError, create_model, list_models
 from extractor.quantizers import sign
-from tests.extractor._torch_threads import one_torch_thread  # noqa: F401  (autouse)
 
 TINY_BIREAL = {"widths": (8, 16, 16, 24), "stem_width": 8, "input_size": 32, "num_classes": 10}
 TINY_ALEX = {"conv_widths": (8, 8, 8, 8, 8), "fc_width": 24, "input_size": 96, "num_classes": 10}

@@ -16,7 +16,6 @@ from extractor.packing import (
     unpack_signs,
     unpack_weight_signs,
 )
-from tests.extractor._torch_threads import one_torch_thread  # noqa: F401  (autouse)
 
 floats = st.floats(-1e6, 1e6, allow_nan=False, width=32)
 

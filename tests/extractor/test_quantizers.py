@@ -21,7 +21,6 @@ from extractor.quantizers import (
     sign,
     sign_ste,
 )
-from tests.extractor._torch_threads import one_torch_thread  # noqa: F401  (autouse)
 
 
 def test_sign_maps_zero_to_plus_one_and_only_emits_plus_minus_one() -> None:

@@ -222,11 +222,12 @@ async def test_default_path_gives_the_reference_sign_bits(loaded) -> None:
 async def test_each_request_is_logged_as_json_with_its_request_id(client, caplog) -> None:
     import json
 
-    from extractor.metrics import JsonFormatter
+    from extractor.web.logs import JsonFormatter
 
-    with caplog.at_level("INFO", logger="extractor.server"):
+    with caplog.at_level("INFO", logger="headhub.access"):
         await post(client, IMAGES[:1], headers={"X-Request-ID": "trace-42"})
-    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.msg == "request"]
+    access = [r for r in caplog.records if r.name == "headhub.access"]
+    lines = [json.loads(JsonFormatter("extractor").format(r)) for r in access]
     assert any(
         doc["request_id"] == "trace-42" and doc["path"] == "/v1/features" and doc["status"] == 200
         for doc in lines

@@ -17,7 +17,6 @@ from extractor.teacher import (  # noqa: E402
     normalize_uint8,
     teacher_weights_path,
 )
-from tests.extractor._torch_threads import one_torch_thread  # noqa: E402, F401
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967

@@ -9,8 +9,8 @@ import torch
 
 from extractor.packing import pack_signs
 from service.db import session_scope
-from service.heads.models import HeadVersion
 from service.heads.service import register_version
+from service.heads.tables import HeadVersion
 
 PREPROCESSING: dict[str, Any] = {
     "input_size": [3, 32, 32],

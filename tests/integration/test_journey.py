@@ -11,8 +11,6 @@ file scores features exactly like the service does.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ from fastapi.testclient import TestClient
 
 from service.settings import Settings
 from tests.conftest import TenantCreds, create_tenant, make_settings
-from tests.fixtures.extractor import _headhub_command
+from tests.fixtures.processes import settings_env, start_headhub
 from tests.integration.shapes import CLASSES, shape_set, zip_by_label
 
 pytestmark = pytest.mark.slow
@@ -54,43 +52,25 @@ def settings(
     db_url: str, tmp_path_factory: pytest.TempPathFactory, extractor_process: str
 ) -> Settings:
     return make_settings(
-        tmp_path_factory.mktemp("data"), db_url, extractor_urls=[extractor_process], **QUEUE
+        tmp_path_factory.mktemp("data"),
+        db_url,
+        extractor_urls=[extractor_process],
+        extractor_timeout_s=10.0,  # the default: the worker process shares a busy machine
+        **QUEUE,
     )
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The same configuration as environment variables, as production passes it."""
-    env = {
-        "HEADHUB_DATABASE_URL": settings.database_url,
-        "HEADHUB_DATA_DIR": str(settings.data_dir),
-        "HEADHUB_BLOB_DIR": str(settings.blob_dir),
-        "HEADHUB_EXTRACTOR_URLS": ",".join(settings.extractor_urls),
-        "HEADHUB_LOG_FORMAT": "text",
-        "PYTHONUNBUFFERED": "1",
-    }
-    return env | {f"HEADHUB_{k.upper()}": str(v) for k, v in QUEUE.items()}
 
 
 @pytest.fixture(scope="module")
 def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A `headhub worker` subprocess; yields its log file."""
+    """A `headhub worker` subprocess on the same settings, as production passes them; yields its
+    log file."""
+    env = settings_env(settings) | {"HEADHUB_LOG_FORMAT": "text"}
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*_headhub_command(), "worker"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=os.environ | settings_env(settings),
-        )
+    proc = start_headhub("worker", log_path=log, env=env)
     try:
         yield log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        proc.stop(grace_s=15)
 
 
 def upload(client: TestClient, a: TenantCreds) -> str:

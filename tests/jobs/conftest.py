@@ -3,11 +3,9 @@ seconds, not minutes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import torch
 
 from service.settings import Settings
 from tests.conftest import make_settings
@@ -31,12 +29,3 @@ QUICK = {"epochs": 20, "patience": 5, "batch_size": 512, "lr": 0.05}
 @pytest.fixture(scope="module")
 def settings(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return make_settings(tmp_path_factory.mktemp("data"), db_url, **FAST_QUEUE)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """In-process workers train as `headhub worker` does: one intra-op thread per job."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

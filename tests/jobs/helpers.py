@@ -17,10 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from extractor.wire import FeatureBatch
-from service.datasets.models import Dataset, DatasetImage, Feature
+from service.datasets.tables import Dataset, DatasetImage, Feature
 from service.db import new_id, session_scope
-from service.heads.models import HeadVersion
-from service.jobs.models import Job
+from service.heads.tables import HeadVersion
+from service.jobs.tables import Job
 
 FAKE_EXTRACTOR_ID = "f" * 64
 DIM = 20

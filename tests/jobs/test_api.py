@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from service.auth import Principal
 from service.db import session_scope
 from service.jobs import service
-from service.jobs.models import Job
 from service.jobs.schemas import JobCreate
+from service.jobs.tables import Job
 from tests.jobs.conftest import QUICK
 from tests.jobs.helpers import seed_dataset
 

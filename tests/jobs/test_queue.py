@@ -18,8 +18,8 @@ from service.db import as_utc, session_scope, utcnow
 from service.heads.evaluate import logits
 from service.heads.headfile import decode_head
 from service.jobs import repository as repo
-from service.jobs.models import Job, JobStatus
-from service.worker import Worker
+from service.jobs.tables import Job, JobStatus
+from service.jobs.worker import Worker
 from tests.jobs.helpers import (
     FakeExtractor,
     add_job,
@@ -228,13 +228,16 @@ def _run_in_thread(worker: Worker) -> threading.Thread:
     return t
 
 
-def test_cancel_of_a_running_job_stops_it_and_it_is_not_retried(client, factory, tenant) -> None:
+def test_cancel_of_a_running_job_stops_it_and_it_is_not_retried(
+    client, factory, tenant, slow_epochs
+) -> None:
     creds, ds = tenant
+    slow_epochs(0.01)
     drain(factory)
     job_id = add_job(
         factory, creds.id, ds, params={"epochs": 10_000, "patience": 0, "solver": "adam"}
     )
-    thread = _run_in_thread(make_worker(client, train_epoch_delay_s=0.01))
+    thread = _run_in_thread(make_worker(client))
     wait_for(lambda: job_row(factory, job_id).progress > 0.2)  # training epochs are under way
     r = client.post(f"/v1/jobs/{job_id}/cancel", headers=creds.owner_headers)
     assert r.status_code == 202 and r.json()["cancel_requested"] is True
@@ -246,13 +249,16 @@ def test_cancel_of_a_running_job_stops_it_and_it_is_not_retried(client, factory,
     assert make_worker(client).run_once() is False  # nothing left to claim
 
 
-def test_a_worker_that_lost_its_lease_drops_its_result(client, factory, tenant) -> None:
+def test_a_worker_that_lost_its_lease_drops_its_result(
+    client, factory, tenant, slow_epochs
+) -> None:
     creds, ds = tenant
+    slow_epochs(0.01)
     drain(factory)
     job_id = add_job(
         factory, creds.id, ds, params={"epochs": 10_000, "patience": 0, "solver": "adam"}
     )
-    thread = _run_in_thread(make_worker(client, train_epoch_delay_s=0.01))
+    thread = _run_in_thread(make_worker(client))
     wait_for(lambda: job_row(factory, job_id).progress > 0.2)
     future = utcnow() + timedelta(seconds=60)  # as if the lease had long expired
     with session_scope(factory) as s:
@@ -267,14 +273,15 @@ def test_a_worker_that_lost_its_lease_drops_its_result(client, factory, tenant) 
 
 
 def test_shutdown_hands_a_running_job_back_without_using_up_an_attempt(
-    client, factory, tenant
+    client, factory, tenant, slow_epochs
 ) -> None:
     creds, ds = tenant
+    slow_epochs(0.01)
     drain(factory)
     job_id = add_job(
         factory, creds.id, ds, params={"epochs": 10_000, "patience": 0, "solver": "adam"}
     )
-    worker = make_worker(client, train_epoch_delay_s=0.01, worker_grace_s=0.3)
+    worker = make_worker(client, worker_grace_s=0.3)
     runner = threading.Thread(target=worker.run, kwargs={"install_signals": False}, daemon=True)
     runner.start()
     wait_for(lambda: job_row(factory, job_id).progress > 0.2)

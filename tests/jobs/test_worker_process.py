@@ -7,23 +7,20 @@ the same `Worker.stop()` the SIGTERM handler calls.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from extractor.client import ExtractorClient
+from service.jobs.worker import Worker
 from service.settings import Settings
-from service.worker import Worker
 from tests.conftest import make_settings
 from tests.datasets import makers
-from tests.fixtures.extractor import _headhub_command
+from tests.fixtures.processes import HeadhubProcess, settings_env
 from tests.jobs.conftest import FAST_QUEUE
 from tests.jobs.helpers import add_job, job_row, seed_dataset, versions_of_job, wait_for
 
@@ -47,59 +44,29 @@ def settings(
 ) -> Settings:
     # Leases a few times longer than in-process tests: a fresh worker process on a busy machine
     # can stall for over a second (imports, GIL), and an expired lease means a legitimate rerun.
-    over = {"extractor_urls": [extractor_process], "job_lease_s": 6.0, "job_heartbeat_s": 0.5}
+    over = {
+        "extractor_urls": [extractor_process],
+        "extractor_timeout_s": 10.0,  # the default: worker processes share a busy machine
+        "job_lease_s": 6.0,
+        "job_heartbeat_s": 0.5,
+    }
     return make_settings(tmp_path_factory.mktemp("data"), db_url, **(FAST_QUEUE | over))
 
 
-class WorkerProcess:
-    def __init__(self, settings: Settings, log_path: Path, concurrency: int = 1, **env: object):
-        values = {
-            "HEADHUB_DATABASE_URL": settings.database_url,
-            "HEADHUB_DATA_DIR": str(settings.data_dir),
-            "HEADHUB_BLOB_DIR": str(settings.blob_dir),
-            "HEADHUB_EXTRACTOR_URLS": ",".join(settings.extractor_urls),
-            "HEADHUB_LOG_FORMAT": "text",
-            "PYTHONUNBUFFERED": "1",
-        }
-        for key in ("job_lease_s", "job_heartbeat_s", "job_backoff_base_s", "worker_poll_s"):
-            values[f"HEADHUB_{key.upper()}"] = str(getattr(settings, key))
-        values |= {f"HEADHUB_{k.upper()}": str(v) for k, v in env.items()}
-        self.log_path = log_path
-        with log_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [*_headhub_command(), "worker", "--concurrency", str(concurrency)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=os.environ | values,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
-def spawn(settings: Settings, tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
-    procs: list[WorkerProcess] = []
+def spawn(settings: Settings, headhub_process) -> Callable[..., HeadhubProcess]:  # type: ignore[no-untyped-def]
+    """`spawn(concurrency, epoch_delay_s=None, **settings)`: a `headhub worker` on this module's
+    settings (overridden by `settings`); training slowed by `epoch_delay_s` per epoch."""
 
-    def start(concurrency: int = 1, **env: object) -> WorkerProcess:
-        p = WorkerProcess(settings, tmp_path / f"worker-{len(procs)}.log", concurrency, **env)
-        procs.append(p)
-        return p
+    def start(
+        concurrency: int = 1, epoch_delay_s: float | None = None, **over: object
+    ) -> HeadhubProcess:
+        env = settings_env(settings.model_copy(update=over)) | {"HEADHUB_LOG_FORMAT": "text"}
+        return headhub_process(  # type: ignore[no-any-return]
+            "worker", "--concurrency", str(concurrency), env=env, epoch_delay_s=epoch_delay_s
+        )
 
-    yield start
-    for p in procs:
-        p.kill()
+    return start
 
 
 @pytest.fixture
@@ -115,7 +82,7 @@ def test_a_sigkilled_worker_is_rescued_after_its_lease_with_one_version(
     creds, ds = owner
     factory = client.app.state.sessionmaker
     job_id = add_job(factory, creds.id, ds, head="rescued", params=SLOW)
-    victim = spawn(train_epoch_delay_s=0.1)
+    victim = spawn(epoch_delay_s=0.1)
     wait_for(lambda: job_row(factory, job_id).progress > 0.3, timeout=STARTUP_S, every=0.25)
     victim.signal(signal.SIGKILL)
     victim.wait(10)
@@ -163,7 +130,7 @@ def test_sigterm_lets_a_short_job_finish_then_exits_0(client, owner, spawn) -> N
     creds, ds = owner
     factory = client.app.state.sessionmaker
     job_id = add_job(factory, creds.id, ds, head="drained", params=SLOW | {"epochs": 20})
-    worker = spawn(train_epoch_delay_s=0.05, worker_grace_s=60)
+    worker = spawn(epoch_delay_s=0.05, worker_grace_s=60)
     wait_for(lambda: job_row(factory, job_id).progress > 0.2, timeout=STARTUP_S, every=0.25)
     worker.signal(signal.SIGTERM)
     assert worker.wait(60) == 0, worker.log()

@@ -12,7 +12,7 @@ import pytest
 import typer
 import yaml
 
-from service.cli import app
+from service.commands.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = shutil.which("docker-compose")

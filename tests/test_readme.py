@@ -7,7 +7,7 @@ from pathlib import Path
 
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
@@ -34,7 +34,7 @@ def test_relative_links_point_at_files_that_exist() -> None:
 def test_every_client_command_in_the_journey_exists() -> None:
     from typer.testing import CliRunner
 
-    from service.cli import app
+    from service.commands.cli import app
 
     journey = README.split("## The tenant journey", 1)[1].split("\n## ", 1)[0]
     commands = {m.group(1) for m in re.finditer(r"^headhub ([a-z]+)", journey, re.M)}

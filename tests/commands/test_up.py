@@ -1,7 +1,7 @@
 """`headhub up` end to end: readiness, the admin key, the CLI journey, supervision, Ctrl-C.
 
 One supervisor (extractor + API + worker on SQLite under a temp dir, tiny extractor checkpoint)
-serves the whole module; the tests run in file order and the last one stops it.
+serves the tests that leave it running, in any order; the Ctrl-C test stops a supervisor of its own.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +22,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.load.scenario import write_dataset
-from service.cli import app as cli_app
-from service.up import ensure_admin_key
-from tests.fixtures.extractor import free_port
+from service.commands.cli import app as cli_app
+from service.commands.up import ensure_admin_key
+from tests.fixtures.processes import HeadhubProcess, free_port, start_headhub
 
 pytestmark = pytest.mark.slow
 STARTED = re.compile(r"started (\w+) \(pid (\d+)\)")
@@ -34,13 +33,15 @@ runner = CliRunner()
 
 @dataclass
 class Up:
-    proc: subprocess.Popen[bytes]
-    url: str
+    process: HeadhubProcess
     data_dir: Path
-    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return self.process.url
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.process.log()
 
     def pids(self) -> dict[str, int]:
         """The newest pid of each child, from the supervisor's log lines."""
@@ -51,18 +52,17 @@ class Up:
         while time.monotonic() < deadline:
             if predicate():
                 return
-            if self.proc.poll() is not None:
+            if self.process.proc.poll() is not None:
                 break
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what}; log:\n{self.log()[-4000:]}")
 
 
 def _free_pair() -> int:
+    """A free port whose successor is free too (the API and its extractor)."""
     while True:
         port = free_port()
         try:
-            import socket
-
             with socket.socket() as s:
                 s.bind(("127.0.0.1", port + 1))
             return port
@@ -70,42 +70,35 @@ def _free_pair() -> int:
             continue
 
 
-@pytest.fixture(scope="module")
-def up(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    data_dir = tmp_path_factory.mktemp("up-data")
-    log_path = data_dir.parent / "up.log"
+@contextlib.contextmanager
+def running_up(checkpoint: Path, data_dir: Path) -> Iterator[Up]:
+    """`headhub up` on fresh ports and `data_dir`, ready; every child is killed afterwards."""
     port = _free_pair()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADHUB_")}
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("HEADHUB_")}
     env |= {"HEADHUB_RATE_LIMIT_PER_MINUTE": "0", "HEADHUB_WORKER_POLL_S": "0.2"}
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "up",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-                "--checkpoint",
-                str(tiny_checkpoint),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    handle = Up(proc, f"http://127.0.0.1:{port}", data_dir, log_path)
+    process = start_headhub(
+        *("up", "--port", str(port), "--data-dir", str(data_dir)),
+        *("--checkpoint", str(checkpoint)),
+        log_path=data_dir.parent / f"{data_dir.name}-up.log",
+        env=env,
+        port=port,
+    )
+    handle = Up(process, data_dir)
     try:
         handle.wait_for(lambda: "headhub is ready at" in handle.log(), "readiness", 180)
         yield handle
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        process.kill()
         for pid in handle.pids().values():  # never leak children, whatever failed
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def up(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    """The shared supervisor; no test stops it (a killed child is restarted by it)."""
+    with running_up(tiny_checkpoint, tmp_path_factory.mktemp("up-data")) as handle:
+        yield handle
 
 
 def test_ready_prints_url_and_the_admin_key_once_and_stores_it_private(up: Up) -> None:
@@ -205,13 +198,14 @@ def test_a_killed_child_is_restarted_with_a_log_line(up: Up) -> None:
     assert up.pids()["extractor"] == old["extractor"]  # the others were left alone
 
 
-def test_ctrl_c_stops_every_child_and_exits_zero(up: Up) -> None:
-    children = up.pids()
-    up.proc.send_signal(signal.SIGINT)
-    assert up.proc.wait(timeout=60) == 0, up.log()[-3000:]
-    for name, pid in children.items():
-        assert not _alive(pid), f"{name} (pid {pid}) outlived the supervisor"
-    assert "stopped" in up.log()
+def test_ctrl_c_stops_every_child_and_exits_zero(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with running_up(tiny_checkpoint, tmp_path / "data") as own:
+        children = own.pids()
+        own.process.signal(signal.SIGINT)
+        assert own.process.wait(timeout=60) == 0, own.log()[-3000:]
+        for name, pid in children.items():
+            assert not _alive(pid), f"{name} (pid {pid}) outlived the supervisor"
+        assert "stopped" in own.log()
 
 
 def _status(url: str) -> int:

@@ -9,10 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from service import client_cli
-from service.cli import app as cli_app
-from service.client_http import ApiClient, CliError, HeadRef
-from service.client_upload import Manifest, batches, scan
+from service.client import terminal
+from service.client.http import ApiClient, CliError, head_ref
+from service.client.upload import Manifest, batches, scan
+from service.commands.cli import app as cli_app
+from service.heads.refs import HeadRef
 from tests.conftest import ADMIN_KEY
 
 runner = CliRunner()
@@ -21,9 +22,9 @@ runner = CliRunner()
 @pytest.fixture
 def over_app(app, client: TestClient) -> Iterator[None]:  # type: ignore[no-untyped-def]
     """Route the CLI's HTTP through the app (the `client` fixture has run its lifespan)."""
-    client_cli.http_factory = lambda url: TestClient(app, raise_server_exceptions=False)
+    terminal.http_factory = lambda url: TestClient(app, raise_server_exceptions=False)
     yield
-    client_cli.http_factory = None
+    terminal.http_factory = None
 
 
 def test_tenant_and_key_creation_print_the_key_once(over_app: None) -> None:
@@ -75,13 +76,13 @@ def test_env_vars_configure_url_and_key(over_app: None) -> None:
     ],
 )
 def test_head_refs_parse(ref: str, parsed: HeadRef) -> None:
-    assert HeadRef.parse(ref) == parsed
+    assert head_ref(ref) == parsed
     assert str(parsed) == ref
 
 
 def test_bad_head_ref_is_refused_before_any_request() -> None:
     with pytest.raises(CliError):
-        HeadRef.parse("a/b/c")
+        head_ref("a/b/c")
     r = runner.invoke(
         cli_app, ["predict", __file__, "--head", "no/pe/x", "--url", "http://127.0.0.1:9"]
     )
@@ -105,7 +106,7 @@ def test_scan_takes_label_folders_and_ignores_hidden_and_non_images(tmp_path: Pa
 
 
 def test_batches_hold_one_label_and_respect_file_and_byte_limits(tmp_path: Path) -> None:
-    from service.client_upload import LocalImage
+    from service.client.upload import LocalImage
 
     imgs = [LocalImage("a", tmp_path, f"{i}", 10) for i in range(5)] + [
         LocalImage("b", tmp_path, "x", 10)
@@ -135,7 +136,7 @@ def test_api_client_follows_cursors(app, client: TestClient) -> None:  # type: i
 
 
 def test_live_accuracy_uses_history_until_the_final_metric_exists() -> None:
-    from service.client_cli import _live_accuracy
+    from service.client.jobs import _live_accuracy
 
     assert _live_accuracy(None) == "-"
     assert _live_accuracy({"history": [{"val_top1": 0.5}, {"val_top1": 0.75}]}) == "0.750"

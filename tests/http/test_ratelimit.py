@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.errors import RateLimited
-from service.ratelimit import TokenBucketLimiter, make_limiter
+from service.http.ratelimit import TokenBucketLimiter, make_limiter
 from tests.conftest import create_tenant, make_settings
 
 

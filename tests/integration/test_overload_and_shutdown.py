@@ -1,11 +1,14 @@
-"""Reliability items 34 and 35 against real processes.
+"""Overload and shutdown against real processes (docs/architecture.md, "Failure handling at the
+boundaries").
 
-34: a full extractor queue makes the API answer 503 with Retry-After quickly, never a timeout.
-35: SIGTERM to `headhub api` under load: in-flight requests finish, new ones are refused, it exits.
+- A full extractor queue makes the API answer 503 with Retry-After quickly, never a timeout.
+- SIGTERM to `headhub api` under load: in-flight requests finish, new ones are refused, it exits.
+- The request id travels from the API into the extractor's logs.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import signal
 import time
@@ -14,18 +17,63 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
 
+from extractor.checkpoint import load_checkpoint
+from service.app import create_app
 from service.settings import Settings
-from tests.conftest import make_settings
-from tests.fixtures.extractor import ExtractorProcess, start_extractor
-from tests.ops.helpers import ApiProcess, png, seed_head, start_api
+from tests.conftest import TenantCreds, create_tenant, make_settings
+from tests.fixtures.extractor import start_extractor
+from tests.fixtures.processes import HeadhubProcess, free_port, settings_env, start_headhub
+from tests.heads.helpers import add_version
 
 pytestmark = pytest.mark.slow
 SLOW_BATCH_MS = 4000  # the extractor holds a lone image this long waiting for a batch to fill
 
 
-def _wait_queue_depth(ext: ExtractorProcess, depth: int, timeout: float = 15.0) -> None:
+def png(seed: int, size: int = 40) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def seed_head(settings: Settings, extractor_url: str, checkpoint: Path) -> tuple[TenantCreds, str]:
+    """A tenant with one float head for the extractor at `extractor_url`; -> (creds, ref)."""
+    info = httpx.get(f"{extractor_url}/v1/info", timeout=10).json()
+    app = create_app(settings)
+    with TestClient(app) as client:
+        t = create_tenant(client, "ops")
+        add_version(
+            app,
+            t.id,
+            "colours",
+            extractor_id=info["id"],
+            d=info["feature_dim"],
+            preprocessing=load_checkpoint(checkpoint).pretrained_cfg,
+        )
+    return t, f"{t.name}/colours"
+
+
+def start_api(settings: Settings, log_dir: Path) -> HeadhubProcess:
+    """`headhub api` on a free port, on the test's settings; returns once /healthz answers."""
+    port = free_port()
+    return start_headhub(
+        "api",
+        "--port",
+        str(port),
+        log_path=log_dir / f"api-{port}.log",
+        env=settings_env(settings),
+        port=port,
+        ready_path="/healthz",
+    )
+
+
+def _wait_queue_depth(ext: HeadhubProcess, depth: int, timeout: float = 15.0) -> None:
     """Block until `depth` images wait in the extractor: the requests are surely in flight."""
     pattern = re.compile(r"^extractor_queue_depth (\S+)$", re.M)
     deadline = time.monotonic() + timeout
@@ -40,7 +88,7 @@ def _wait_queue_depth(ext: ExtractorProcess, depth: int, timeout: float = 15.0) 
 @pytest.fixture(scope="module")
 def slow_extractor(
     tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ExtractorProcess]:
+) -> Iterator[HeadhubProcess]:
     """An extractor whose queue holds 4 images and whose batches wait 4 s to fill."""
     ext = start_extractor(
         tiny_checkpoint,
@@ -58,7 +106,7 @@ def slow_extractor(
 
 @pytest.fixture(scope="module")
 def ops_settings(
-    tmp_path_factory: pytest.TempPathFactory, slow_extractor: ExtractorProcess
+    tmp_path_factory: pytest.TempPathFactory, slow_extractor: HeadhubProcess
 ) -> Settings:
     """SQLite is enough here: these scenarios are about processes and queues, not SQL."""
     data = tmp_path_factory.mktemp("ops-data")
@@ -70,7 +118,7 @@ def ops_settings(
 
 
 @pytest.fixture(scope="module")
-def world(ops_settings: Settings, slow_extractor: ExtractorProcess, tiny_checkpoint: Path):  # type: ignore[no-untyped-def]
+def world(ops_settings: Settings, slow_extractor: HeadhubProcess, tiny_checkpoint: Path):  # type: ignore[no-untyped-def]
     return seed_head(ops_settings, slow_extractor.url, tiny_checkpoint)
 
 
@@ -79,11 +127,11 @@ def shared_api(
     ops_settings: Settings,
     world,
     tmp_path_factory: pytest.TempPathFactory,  # type: ignore[no-untyped-def]
-) -> Iterator[ApiProcess]:
+) -> Iterator[HeadhubProcess]:
     """One `headhub api` for the tests that do not stop it (each start costs seconds)."""
     api = start_api(ops_settings, tmp_path_factory.mktemp("api"))
     yield api
-    api.stop()
+    api.kill()
 
 
 def _predict(url: str, headers: dict[str, str], ref: str, n: int, seed: int) -> httpx.Response:
@@ -98,9 +146,9 @@ def _predict(url: str, headers: dict[str, str], ref: str, n: int, seed: int) -> 
 
 
 def test_full_extractor_queue_answers_503_fast_not_a_timeout(
-    shared_api: ApiProcess,
+    shared_api: HeadhubProcess,
     world,
-    slow_extractor: ExtractorProcess,  # type: ignore[no-untyped-def]
+    slow_extractor: HeadhubProcess,  # type: ignore[no-untyped-def]
 ) -> None:
     tenant, ref = world
     api = shared_api
@@ -133,7 +181,7 @@ def _refuses_connections(url: str, within: float) -> bool:
 def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits(
     ops_settings: Settings,
     world,
-    slow_extractor: ExtractorProcess,
+    slow_extractor: HeadhubProcess,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     tenant, ref = world
@@ -151,7 +199,7 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits(
         rc = api.proc.wait(timeout=20)
         exit_after = time.monotonic() - sent_at
     finally:
-        api.stop()
+        api.kill()
     assert refused, "new connections were still accepted after SIGTERM"
     assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
     assert all(r.json()["results"][0]["predictions"] for r in results)
@@ -163,9 +211,9 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits(
 
 
 def test_the_request_id_travels_from_the_api_into_the_extractor_logs(
-    shared_api: ApiProcess,
+    shared_api: HeadhubProcess,
     world,
-    slow_extractor: ExtractorProcess,  # type: ignore[no-untyped-def]
+    slow_extractor: HeadhubProcess,  # type: ignore[no-untyped-def]
 ) -> None:
     tenant, ref = world
     files = [("files", ("trace.png", png(7), "image/png"))]

@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from service.up import Child, Supervisor
+from service.commands.up import Child, Supervisor
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 CRASHER = ["/bin/sh", "-c", "exit 3"]  # starts fast even on a busy machine

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from service.metrics import JobsCollector
-from service.observability import JsonFormatter, request_id_var
+from extractor.web.logs import JsonFormatter
+from extractor.web.requests import request_id_var
+from service.http.prometheus import JobsCollector
 
 
 def _metric_lines(client: TestClient, name: str) -> list[str]:

@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.blobstore import image_key, sha256_hex
-from service.gc import collect_garbage
 from service.heads.service import blob_key_for
 from service.settings import Settings
+from service.storage.blobstore import image_key, sha256_hex
+from service.storage.gc import collect_garbage
 from tests.conftest import TenantCreds, create_tenant, make_settings
 from tests.heads.helpers import add_version
 
@@ -89,7 +89,7 @@ def test_gc_leaves_keys_outside_its_prefixes(app, settings: Settings) -> None:  
 def test_cli_gc_reports_a_dry_run(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from service.cli import app as cli_app
+    from service.commands.cli import app as cli_app
     from service.settings import get_settings
 
     monkeypatch.setenv("HEADHUB_DATABASE_URL", settings.database_url)

@@ -1,0 +1,1 @@
+"""Process entry points: the `headhub` console script and the `headhub up` supervisor."""
