@@ -1,18 +1,19 @@
 """Client of the extractor process, used by the API (async) and the worker (sync).
 
 Several base URLs are replicas: a request that cannot be served by one (connection error, timeout,
-502/503/504) goes to the next, and the whole round is retried with exponential backoff. Every
-answer is checked before it is returned (reliability 33): the wire format parses, the width is the
-extractor's `feature_dim`, the id is that replica's extractor, the values are finite and the sign
-bits agree with the floats. Garbage is never passed on.
+502/503/504) goes to the next, and the whole round is retried with exponential backoff (one
+schedule, `_Failover`, for every call, async or blocking). Every answer is checked before it is
+returned: the wire format parses, the width is the extractor's `feature_dim`, the id is that
+replica's extractor, the values are finite and the sign bits agree with the floats. Garbage is
+never passed on (docs/architecture.md, "Failure handling at the boundaries").
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "ExtractorUnavailable",
 ]
 
+T = TypeVar("T")
 _RETRY_STATUS = frozenset({502, 503, 504})
 _REJECT_STATUS = frozenset({413, 415, 422})
 
@@ -130,6 +132,39 @@ def _check_info(url: str, response: httpx.Response) -> dict[str, Any]:
     return doc
 
 
+class _Failover:
+    """The schedule of one call: every replica in turn (round-robin start), then `retries` more
+    rounds, each after a growing pause; collects why each attempt failed."""
+
+    def __init__(self, client: ExtractorClient, *, forget_info: bool) -> None:
+        self.client, self.forget_info = client, forget_info
+        self.errors: list[str] = []
+        self.retry_after: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[float, str]]:
+        """(seconds to wait first, replica URL) for each attempt."""
+        c = self.client
+        for round_ in range(c.retries + 1):
+            for i, url in enumerate(c._order()):
+                yield (min(2.0, c.backoff * 2 ** (round_ - 1)) if round_ and not i else 0.0), url
+
+    def failed(self, url: str, exc: Exception) -> None:
+        if isinstance(exc, _Retry):
+            self.errors.append(str(exc))
+            self.retry_after = exc.retry_after or self.retry_after
+        else:  # a transport error: connect/read failures and timeouts
+            self.errors.append(f"{url}: {type(exc).__name__} {exc}".strip())
+            if self.forget_info:
+                self.client._info.pop(url, None)
+
+    def unavailable(self) -> ExtractorUnavailable:
+        n = len(self.client.urls)
+        return ExtractorUnavailable("; ".join(self.errors[-n:]), self.retry_after or 1)
+
+
+_REPLICA_TROUBLE = (_Retry, httpx.TransportError)
+
+
 class ExtractorClient:
     """Talks to one or more extractor replicas; async methods plus `_sync` twins for the worker.
 
@@ -163,11 +198,27 @@ class ExtractorClient:
         self._next += 1
         return self.urls[start:] + self.urls[:start]
 
-    def _delay(self, round_: int) -> float:
-        return min(2.0, self.backoff * 2**round_)
+    async def _failover(self, call: Callable[[str], Awaitable[T]], *, forget_info: bool) -> T:
+        failover = _Failover(self, forget_info=forget_info)
+        for pause, url in failover:
+            if pause:
+                await asyncio.sleep(pause)
+            try:
+                return await call(url)
+            except _REPLICA_TROUBLE as exc:
+                failover.failed(url, exc)
+        raise failover.unavailable()
 
-    def _unavailable(self, errors: list[str], retry_after: int | None) -> ExtractorUnavailable:
-        return ExtractorUnavailable("; ".join(errors[-len(self.urls) :]), retry_after or 1)
+    def _failover_sync(self, call: Callable[[str], T], *, forget_info: bool) -> T:
+        failover = _Failover(self, forget_info=forget_info)
+        for pause, url in failover:
+            if pause:
+                time.sleep(pause)
+            try:
+                return call(url)
+            except _REPLICA_TROUBLE as exc:
+                failover.failed(url, exc)
+        raise failover.unavailable()
 
     @staticmethod
     def _headers(request_id: str | None) -> dict[str, str]:
@@ -205,38 +256,15 @@ class ExtractorClient:
         self, files: Sequence[tuple[str, bytes]], request_id: str | None = None
     ) -> FeatureBatch:
         """Features of `(filename, bytes)` images, in order, from the first replica that can."""
-        errors: list[str] = []
-        retry_after: int | None = None
-        for round_ in range(self.retries + 1):
-            if round_:
-                await asyncio.sleep(self._delay(round_ - 1))
-            for url in self._order():
-                try:
-                    return await self._afeatures_once(url, files, request_id)
-                except _Retry as exc:
-                    errors.append(str(exc))
-                    retry_after = exc.retry_after or retry_after
-                except httpx.TransportError as exc:  # connect/read errors and timeouts
-                    errors.append(f"{url}: {type(exc).__name__} {exc}".strip())
-                    self._info.pop(url, None)
-        raise self._unavailable(errors, retry_after)
+        return await self._failover(
+            lambda url: self._afeatures_once(url, files, request_id), forget_info=True
+        )
 
     async def info(self, request_id: str | None = None) -> dict[str, Any]:
         """`/v1/info` of the first replica that answers."""
-        errors: list[str] = []
-        retry_after: int | None = None
-        for round_ in range(self.retries + 1):
-            if round_:
-                await asyncio.sleep(self._delay(round_ - 1))
-            for url in self._order():
-                try:
-                    return await self._ainfo(url, request_id, refresh=True)
-                except _Retry as exc:
-                    errors.append(str(exc))
-                    retry_after = exc.retry_after or retry_after
-                except httpx.TransportError as exc:
-                    errors.append(f"{url}: {type(exc).__name__} {exc}".strip())
-        raise self._unavailable(errors, retry_after)
+        return await self._failover(
+            lambda url: self._ainfo(url, request_id, refresh=True), forget_info=False
+        )
 
     async def aclose(self) -> None:
         if self._aclient is not None:
@@ -271,38 +299,15 @@ class ExtractorClient:
         self, files: Sequence[tuple[str, bytes]], request_id: str | None = None
     ) -> FeatureBatch:
         """Blocking twin of `features`."""
-        errors: list[str] = []
-        retry_after: int | None = None
-        for round_ in range(self.retries + 1):
-            if round_:
-                time.sleep(self._delay(round_ - 1))
-            for url in self._order():
-                try:
-                    return self._features_once_sync(url, files, request_id)
-                except _Retry as exc:
-                    errors.append(str(exc))
-                    retry_after = exc.retry_after or retry_after
-                except httpx.TransportError as exc:
-                    errors.append(f"{url}: {type(exc).__name__} {exc}".strip())
-                    self._info.pop(url, None)
-        raise self._unavailable(errors, retry_after)
+        return self._failover_sync(
+            lambda url: self._features_once_sync(url, files, request_id), forget_info=True
+        )
 
     def info_sync(self, request_id: str | None = None) -> dict[str, Any]:
         """Blocking twin of `info`."""
-        errors: list[str] = []
-        retry_after: int | None = None
-        for round_ in range(self.retries + 1):
-            if round_:
-                time.sleep(self._delay(round_ - 1))
-            for url in self._order():
-                try:
-                    return self._info_sync(url, request_id, refresh=True)
-                except _Retry as exc:
-                    errors.append(str(exc))
-                    retry_after = exc.retry_after or retry_after
-                except httpx.TransportError as exc:
-                    errors.append(f"{url}: {type(exc).__name__} {exc}".strip())
-        raise self._unavailable(errors, retry_after)
+        return self._failover_sync(
+            lambda url: self._info_sync(url, request_id, refresh=True), forget_info=False
+        )
 
     def close(self) -> None:
         if self._client is not None:

@@ -1,9 +1,9 @@
-"""Which code computes the features: the float reference path or a registered fast binary path.
+"""Which code computes the features: the float reference path or the fast binary path.
 
 The reference path runs the loaded network with plain float PyTorch ops (±1 values in float
-tensors); it is the correctness oracle. A fast path (bit-packed XNOR/popcount kernels) plugs in
-through `register_fast_path`; the built-in one is `kernel_path` (`extractor.fast` on the compiled
-kernels). Both paths must give identical sign bits; `--reference` forces the oracle.
+tensors); it is the correctness oracle. The fast path, `kernel_path`, is `extractor.fast` on the
+compiled bit-packed XNOR/popcount kernels. Both paths must give identical sign bits;
+`--reference` forces the oracle.
 """
 
 from __future__ import annotations
@@ -20,14 +20,7 @@ from torch import Tensor
 
 from extractor.checkpoint import LoadedExtractor
 
-__all__ = [
-    "FastPathFactory",
-    "InferencePath",
-    "keep_freed_memory",
-    "reference_path",
-    "register_fast_path",
-    "select_path",
-]
+__all__ = ["InferencePath", "keep_freed_memory", "kernel_path", "reference_path", "select_path"]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +32,9 @@ def keep_freed_memory(trim_mb: int = 256) -> bool:
 
     By default glibc serves blocks over its (adaptive) mmap threshold with fresh mmaps and returns
     the heap top to the OS, so every forward pass page-faults its multi-megabyte intermediates
-    anew: about 11% of the float reference's time at batch 32 (bench/kernels_bench). Fixed
-    thresholds keep them (up to `trim_mb` MB of free heap stays mapped). False where the C library
-    is not glibc; nothing else changes then.
+    anew (what that costs: docs/kernels.md, "Memory"). Fixed thresholds keep them (up to
+    `trim_mb` MB of free heap stays mapped). False where the C library is not glibc; nothing
+    else changes then.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -63,16 +56,6 @@ class InferencePath:
     name: str  # "reference" | "fast"
     forward: Callable[[Tensor], Tensor]
     details: dict[str, Any] = field(default_factory=dict)
-
-
-FastPathFactory = Callable[[LoadedExtractor], InferencePath | None]
-_FACTORIES: list[FastPathFactory] = []
-
-
-def register_fast_path(factory: FastPathFactory) -> None:
-    """Offer a fast path; the factory returns None when it cannot serve this checkpoint/CPU."""
-    if factory not in _FACTORIES:
-        _FACTORIES.append(factory)
 
 
 def reference_path(loaded: LoadedExtractor) -> InferencePath:
@@ -108,10 +91,6 @@ def kernel_path(loaded: LoadedExtractor) -> InferencePath | None:
 
 
 def select_path(loaded: LoadedExtractor, reference: bool = False) -> InferencePath:
-    """The fast path if one is registered and accepts this extractor, else the reference."""
-    if not reference:
-        for factory in [*_FACTORIES, kernel_path]:
-            path = factory(loaded)
-            if path is not None:
-                return path
-    return reference_path(loaded)
+    """The fast path when it can serve this extractor on this CPU, else the reference."""
+    fast = None if reference else kernel_path(loaded)
+    return fast if fast is not None else reference_path(loaded)

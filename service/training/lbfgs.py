@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from service.training.architectures import FloatHead
 from service.training.data import TrainingCancelled
-from service.training.heads import FloatHead
 from service.training.loop import (
     MIN_DELTA,
     FitResult,

@@ -41,11 +41,6 @@ def weighted_top1(logits: Tensor, y: Tensor, class_weights: Tensor | None) -> fl
     return float((w * hit).sum() / w.sum())
 
 
-@torch.no_grad()
-def weighted_loss(model: nn.Module, x: Tensor, y: Tensor, weights: Tensor) -> float:
-    return float(F.cross_entropy(model(x), y, weight=weights))
-
-
 def fit(
     model: nn.Module,
     data: tuple[Tensor, Tensor, Tensor, Tensor],

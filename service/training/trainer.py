@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from extractor.quantizers import sign
+from service.training.architectures import BinaryHead, FloatHead, MlpHead
 from service.training.data import (
     check_inputs,
     class_weights,
@@ -19,7 +20,6 @@ from service.training.data import (
     stratified_split,
     unpack_bits,
 )
-from service.training.heads import BinaryHead, FloatHead, MlpHead
 from service.training.lbfgs import fit_lbfgs
 from service.training.loop import ProgressCallback, StopCheck, fit
 from service.training.metrics import classification_report

@@ -9,6 +9,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 
+import numpy as np
 from PIL import Image
 
 
@@ -33,6 +34,14 @@ def jpeg(
 ) -> bytes:
     buf = io.BytesIO()
     Image.new(mode, (w, h), color).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def noise_png(seed: int, size: int = 48) -> bytes:
+    """A size x size RGB PNG of seeded uniform noise: decodes fine, features far from flat."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
 
 

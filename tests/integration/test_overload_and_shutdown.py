@@ -8,7 +8,6 @@ boundaries").
 
 from __future__ import annotations
 
-import io
 import re
 import signal
 import time
@@ -17,15 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from extractor.checkpoint import load_checkpoint
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import TenantCreds, create_tenant, make_settings
+from tests.datasets.makers import noise_png
 from tests.fixtures.extractor import start_extractor
 from tests.fixtures.processes import HeadhubProcess, free_port, settings_env, start_headhub
 from tests.heads.helpers import add_version
@@ -34,12 +32,8 @@ pytestmark = pytest.mark.slow
 SLOW_BATCH_MS = 4000  # the extractor holds a lone image this long waiting for a batch to fill
 
 
-def png(seed: int, size: int = 40) -> bytes:
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+def png(seed: int) -> bytes:
+    return noise_png(seed, size=40)
 
 
 def seed_head(settings: Settings, extractor_url: str, checkpoint: Path) -> tuple[TenantCreds, str]:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import base64
-import io
 import re
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from extractor.checkpoint import load_checkpoint
 from extractor.client import ExtractorClient
 from tests.conftest import create_tenant, make_settings
+from tests.datasets.makers import noise_png
 from tests.heads.helpers import add_version
 
 
@@ -26,15 +25,7 @@ def settings(db_url, tmp_path_factory, extractor_process):  # type: ignore[no-un
     )
 
 
-def png(seed: int, size: int = 48) -> bytes:
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-IMAGES = [("red.png", png(1)), ("noise.png", png(2)), ("other.png", png(3))]
+IMAGES = [("red.png", noise_png(1)), ("noise.png", noise_png(2)), ("other.png", noise_png(3))]
 
 
 def images_computed(url: str) -> float:
