@@ -179,6 +179,12 @@ def train(
     mix: float = typer.Option(
         0.8, help="share of online batches mixed (half mixup, half cutmix); 0 turns it off"
     ),
+    continue_from: Path | None = typer.Option(
+        None,
+        metavar="LATENT",
+        help="continue a run from its committed latent file (*.latent.safetensors) in a new "
+        "--out; --minutes/--steps, when given, replace its budget",
+    ),
 ) -> None:
     """Distil the EfficientNet-Lite0 teacher into the default binary extractor."""
     from extractor.distill.corpus import CorpusConfig
@@ -194,6 +200,15 @@ def train(
             raise DistillError("--out RUN_DIR is required (or --export RUN_DIR)")
         if resume:
             trainer = Trainer.resume(out, device=device, threads=threads)
+        elif continue_from is not None:
+            budget: dict[str, float | None] = {}
+            if steps:
+                budget = {"steps": steps, "minutes": None}
+            elif minutes:
+                budget = {"minutes": minutes}
+            trainer = Trainer.from_latent(
+                continue_from, out, device=device, threads=threads, **budget
+            )
         else:
             if (out / "state.pt").exists():
                 raise DistillError(f"{out} already holds a run: pass --resume or another --out")

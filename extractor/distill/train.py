@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from extractor.distill.augment import full_views, mix, sample_views, student_input
 from extractor.distill.corpus import Corpus, CorpusConfig, build_corpus
+from extractor.distill.latent import LATENT_SUFFIX, load_latent, save_latent
 from extractor.distill.targets import TargetStore
 from extractor.layers import set_binarize
 from extractor.models import DEFAULT_ARCH, create_model
@@ -149,6 +150,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
+        self.rewarm_from: float | None = None  # progress at which a latent continuation began
         self.images_seen = 0
         self.train_seconds = 0.0
         self.history: list[dict[str, Any]] = []
@@ -197,9 +199,35 @@ class Trainer:
         self.baseline = s["baseline"]
 
     def save(self) -> Path:
+        """state.pt (exact resume) and the small latent file (continue in a later session)."""
         path = self.out / STATE_FILE
         _atomic_save(self.state_dict(), path)
+        save_latent(self, self.out / f"run{LATENT_SUFFIX}")
         return path
+
+    @classmethod
+    def from_latent(cls, path: Path, out: Path, **overrides: Any) -> Trainer:
+        """Continue a run from its latent file (`latent.py`) in a new run directory `out`.
+
+        Same config, step and schedule position (`overrides`, e.g. a longer `minutes`, stretch
+        the schedule); Adam's moments start afresh, so the rate re-warms over `warmup_frac`.
+        Batches differ from the original run's (its data generator is not kept).
+        """
+        if (Path(out) / STATE_FILE).exists():
+            raise DistillError(f"{out} already holds a run: pass --resume or another --out")
+        meta, states = load_latent(Path(path))
+        cfg = dataclasses.replace(TrainConfig.from_json(meta["config"]), out=Path(out), **overrides)
+        trainer = cls(cfg)
+        trainer.step, trainer.train_seconds = int(meta["step"]), float(meta["train_seconds"])
+        trainer._set_stage()
+        trainer.student.load_state_dict(states["student"])
+        trainer.proj.load_state_dict(states["proj"])
+        trainer.images_seen = int(meta["images_seen"])
+        trainer.history = list(meta["history"])
+        trainer.baseline = meta["baseline"]
+        trainer.gen.manual_seed(cfg.seed + trainer.step)
+        trainer.rewarm_from = trainer.progress()
+        return trainer
 
     @classmethod
     def resume(cls, out: Path, **overrides: Any) -> Trainer:
@@ -268,6 +296,8 @@ class Trainer:
         self._set_stage()
         p = (self.step + 0.5) / self.cfg.steps if self.cfg.steps else self.progress()
         lr = lr_at(p, self.cfg.lr, self.cfg.warmup_frac)
+        if self.rewarm_from is not None:  # fresh Adam moments: ramp up again
+            lr *= min(1.0, max((p - self.rewarm_from) / self.cfg.warmup_frac, 0.01))
         for g in self.opt.param_groups:
             g["lr"] = lr
         if self.store is not None:

@@ -16,7 +16,7 @@ from extractor.distill import holdout
 from extractor.distill.corpus import CorpusConfig, build_corpus
 from extractor.distill.procedural import KINDS, generate
 from extractor.distill.targets import CHUNK, TargetConfig, TargetStore, build_targets
-from extractor.distill.train import TrainConfig, Trainer
+from extractor.distill.train import TrainConfig, Trainer, lr_at
 
 TINY_ARCH = {"input_size": 32, "widths": (8, 16), "depths": (1, 1)}
 
@@ -169,3 +169,41 @@ def test_training_on_a_target_store_never_runs_the_teacher(tmp_path: Path) -> No
         out = trainer.train_step()
     assert np.isfinite(out["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.student.parameters()))
+
+
+def test_a_run_continues_from_its_small_latent_file(tmp_path: Path) -> None:
+    from extractor.distill.latent import LATENT_SUFFIX, load_latent
+
+    cfg = TrainConfig(
+        out=tmp_path / "first",
+        steps=6,
+        batch=4,
+        teacher_size=64,
+        arch_overrides=TINY_ARCH,
+        corpus=_corpus(tmp_path),
+        ckpt_minutes=1e9,
+        eval_minutes=1e9,
+        log_seconds=1e9,
+        threads=1,
+        stage1_real="none",
+    )
+    first = Trainer(cfg)
+    for _ in range(3):
+        first.train_step()
+    first.save()
+    latent = tmp_path / "first" / f"run{LATENT_SUFFIX}"
+    meta, states = load_latent(latent)
+    assert meta["step"] == 3 and meta["config"]["steps"] == 6
+    assert latent.stat().st_size < (tmp_path / "first" / "state.pt").stat().st_size / 2
+
+    second = Trainer.from_latent(latent, tmp_path / "second", steps=100)
+    assert second.step == 3 and second.cfg.steps == 100 and second.images_seen == 12
+    for (name, a), b in zip(first.student.state_dict().items(), second.student.state_dict().values()):
+        if a.is_floating_point():  # float16 storage: the latent weights to 1e-3
+            assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), name
+    out = second.train_step()
+    full = lr_at(3.5 / 100, second.cfg.lr, second.cfg.warmup_frac)  # past the first warm-up
+    assert out["lr"] < 0.2 * full  # fresh Adam moments: the rate re-warms
+    with pytest.raises(Exception, match="already holds a run"):
+        second.save()
+        Trainer.from_latent(latent, tmp_path / "second")
