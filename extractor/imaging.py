@@ -1,9 +1,9 @@
 """Safe image decoding and preprocessing, shared by the extractor process and the service.
 
-Untrusted uploads go through `decode_image`, which enforces `../shared/design/reliability.md`
-items 1-5: truncated files are caught by a full `load()` (``Image.verify()`` passes them), the
-declared pixel count is checked from the header *before* any pixel is decoded, only an allow-list
-of formats is opened, and every accepted image comes out as 8-bit RGB in display orientation.
+Untrusted uploads go through `decode_image` (docs/architecture.md, "Untrusted input"):
+truncated files are caught by a full `load()` (``Image.verify()`` passes them), the declared
+pixel count is checked from the header *before* any pixel is decoded, only an allow-list of
+formats is opened, and every accepted image comes out as 8-bit RGB in display orientation.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Safe reading of an uploaded zip whose top-level folders are labels (reliability.md items 6-8).
+"""Safe reading of an uploaded zip whose top-level folders are labels (docs/architecture.md,
+"Untrusted input").
 
 Two passes: `scan_archive` checks every entry's name, flags and sizes and decompresses each one
 with a bounded read (header sizes are not trusted), before anything is stored; only then does

@@ -34,7 +34,7 @@ class DatasetImage(Base):
     # Denormalised owner, so the per-tenant image cap is one indexed count.
     tenant_id: Mapped[str] = mapped_column(String(32), index=True)
     label: Mapped[str] = mapped_column(String(64))
-    # The client's file name, for display only: it never reaches a storage path (item 11).
+    # The client's file name, for display only: it never reaches a storage path.
     filename: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)

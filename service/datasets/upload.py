@@ -1,7 +1,8 @@
 """The multipart side of uploads: bounded form parsing, the two request shapes, their OpenAPI.
 
 The form is parsed here rather than by FastAPI's `File()` parameters so the part-count and
-field-size limits come from the settings (reliability.md item 10) and their errors get our codes.
+field-size limits come from the settings and their errors get our codes (docs/architecture.md,
+"Untrusted input").
 """
 
 from __future__ import annotations

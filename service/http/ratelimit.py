@@ -1,4 +1,5 @@
-"""Per-key rate limits (reliability.md item 18): a token bucket per API key, 429 + Retry-After.
+"""Per-key rate limits: a token bucket per API key, 429 + Retry-After (docs/architecture.md,
+"Tenancy and keys").
 
 The buckets live in the memory of one API process. With N API replicas a key gets up to N times
 the configured rate; that is the documented trade-off for needing no shared store. A shared

@@ -1,7 +1,7 @@
 """Hyper-parameters of each head type, validated before a job is queued.
 
-The same models validate `params` in `POST /v1/jobs` (so a typo is a 422, not a failed job) and
-configure the trainers. Unknown keys are refused.
+The same pydantic classes validate `params` in `POST /v1/jobs` (so a typo is a 422, not a failed
+job) and configure the trainers. Unknown keys are refused.
 """
 
 from __future__ import annotations
@@ -44,19 +44,19 @@ class FloatParams(_Common):
     # Fixed L2 penalty on the weights (lbfgs); None chooses it by cross-validation.
     l2: float | None = Field(None, ge=0.0, le=100.0)
     folds: int = Field(5, ge=2, le=20)
-    # From this many examples one fold (a fifth by default: >= 2,000 examples, top-1 known to
-    # about +-1 point) judges each penalty instead of all k: k times fewer fits, and the largest
-    # ones (bench/results/training.md).
+    # From this many examples one fold (a fifth by default) judges each penalty instead of all k:
+    # k times fewer fits, and the largest ones; time and top-1 of both ways are in
+    # bench/results/training.md.
     holdout_from: int = Field(10_000, ge=2)
 
-    # Big batches: a linear head needs few, cheap steps (5k x 512 trains in well under a second).
+    # Big batches: a linear head needs few, cheap steps (timings: bench/results/training.md).
     batch_size: int = Field(1024, ge=1, le=65_536)
 
     # Train on z-scored features; the scaling is folded back into (weight, bias) on export.
     standardize: bool = True
     # Validation accuracy, not log-loss: with hundreds of features and few images the loss is
     # lowest after an epoch or two, long before accuracy peaks, as the head grows confident
-    # (Fashion-MNIST, 100 images per class, 2,048 features: 67% stopping on loss, 77% on top-1).
+    # (docs/distillation.md, "What transfer says", Head training).
     monitor: Literal["top1", "loss"] = "top1"
 
 

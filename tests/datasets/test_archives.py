@@ -1,4 +1,5 @@
-"""reliability.md items 6-8: unsafe archives are refused whole; bombs stop at the cap."""
+"""Unsafe archives are refused whole; bombs stop at the cap (docs/architecture.md,
+"Untrusted input")."""
 
 from __future__ import annotations
 

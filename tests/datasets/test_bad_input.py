@@ -1,4 +1,5 @@
-"""reliability.md items 1-5 and 9-11 through real HTTP: every bad input is a 4xx, nothing leaks."""
+"""Untrusted input through real HTTP: every bad input is a 4xx, nothing leaks
+(docs/architecture.md, "Untrusted input")."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def owner(client: TestClient, make_tenant: MakeTenant) -> Owner:
     return t.owner_headers, new_dataset(client, t.owner_headers)
 
 
-# --- items 1-4: a single bad file is the request's failure, naming the file ----------------------
+# --- a single bad file is the request's failure, naming the file ---------------------------------
 
 
 @pytest.mark.parametrize(
@@ -118,7 +119,7 @@ def test_spoofed_type_with_real_image_bytes_is_judged_by_content(
     assert r.status_code == 200 and r.json()["added"] == 1
 
 
-# --- item 5: odd modes are accepted and normalised -----------------------------------------------
+# --- odd modes are accepted and normalised -------------------------------------------------------
 
 
 def _sixteen_bit_png() -> bytes:
@@ -156,7 +157,7 @@ def test_odd_modes_are_accepted(client: TestClient, owner: Owner, app: FastAPI) 
     assert (rotated.width, rotated.height) == (20, 40)  # stored in display orientation
 
 
-# --- items 9-10: body and form limits ------------------------------------------------------------
+# --- body and form limits ------------------------------------------------------------------------
 
 
 def _multipart(label: str, files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
@@ -247,7 +248,7 @@ def test_huge_text_field_is_413(client: TestClient, owner: Owner, settings: Sett
     assert r.status_code == 413 and r.json()["code"] == "field_too_large"
 
 
-# --- item 11: the client's file name never reaches a storage path --------------------------------
+# --- the client's file name never reaches a storage path -----------------------------------------
 
 
 @pytest.mark.parametrize(

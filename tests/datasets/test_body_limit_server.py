@@ -1,4 +1,5 @@
-"""reliability.md item 9 against a real uvicorn: a chunked upload is cut off at the limit."""
+"""The body limit against a real uvicorn: a chunked upload is cut off at the limit
+(docs/architecture.md, "Untrusted input")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""reliability.md item 12 for datasets: tenant A cannot see, change or delete B's dataset (404)."""
+"""Tenant A cannot see, change or delete B's dataset: 404 (docs/architecture.md,
+"Tenancy and keys")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """ExtractorClient: against a real `headhub extractor serve` process, and against fake replicas
-that fail or answer garbage (reliability 31-33)."""
+that fail or answer garbage (docs/architecture.md, "Failure handling at the boundaries")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Safe decoding (reliability 1-5) on a corpus of bad and awkward images generated here."""
+"""Safe decoding on a corpus of bad and awkward images generated here (docs/architecture.md,
+"Untrusted input")."""
 
 from __future__ import annotations
 

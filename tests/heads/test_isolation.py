@@ -1,4 +1,5 @@
-"""Tenant isolation for heads (reliability.md items 12, 15): 404 for private, 403 for public."""
+"""Tenant isolation for heads: 404 for private, 403 for public (docs/architecture.md,
+"Tenancy and keys")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Per-key rate limits (reliability.md item 18): 429 with Retry-After; other keys unaffected."""
+"""Per-key rate limits: 429 with Retry-After; other keys unaffected (docs/architecture.md,
+"Tenancy and keys")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tenant isolation as one table (reliability items 12, 13, 14, 15).
+"""Tenant isolation as one table (docs/architecture.md, "Tenancy and keys").
 
 Every row is one way tenant A could reach one of tenant B's objects. For A's owner key and A's
 predict key, the answer for B's object must be the answer for an object that does not exist:

@@ -1,5 +1,5 @@
-"""Overload and shutdown against real processes (docs/architecture.md, "Failure handling at the
-boundaries").
+"""Overload and shutdown against real processes (docs/architecture.md,
+"Failure handling at the boundaries").
 
 - A full extractor queue makes the API answer 503 with Retry-After quickly, never a timeout.
 - SIGTERM to `headhub api` under load: in-flight requests finish, new ones are refused, it exits.

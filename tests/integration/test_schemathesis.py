@@ -1,4 +1,5 @@
-"""Property tests of every operation in /openapi.json with two tenants as peers (reliability 20).
+"""Property tests of every operation in /openapi.json with two tenants as peers
+(docs/architecture.md, "Tenancy and keys").
 
 Tenant A's owner key drives schemathesis-generated requests, valid and (where the schema allows
 it) invalid, at every operation of a real uvicorn server. Each generated request addresses A's

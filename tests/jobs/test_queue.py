@@ -1,5 +1,6 @@
 """The queue's guarantees with in-process workers: exclusive claims, leases and fencing,
-retries with backoff, fairness, cancel and shutdown (reliability.md items 21-29)."""
+retries with backoff, fairness, cancel and shutdown (docs/architecture.md,
+"The job queue under failure")."""
 
 from __future__ import annotations
 

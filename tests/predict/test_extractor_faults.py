@@ -1,4 +1,5 @@
-"""Extractor faults (reliability.md 31, 33): stopped -> 503 + Retry-After, garbage -> 502."""
+"""Extractor faults: stopped -> 503 + Retry-After, garbage -> 502 (docs/architecture.md,
+"Failure handling at the boundaries")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tenants, keys and scopes (reliability.md items 13, 14, 16, 17)."""
+"""Tenants, keys and scopes (docs/architecture.md, "Tenancy and keys")."""
 
 from __future__ import annotations
 
