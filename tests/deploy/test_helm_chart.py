@@ -478,7 +478,12 @@ def test_gc_runs_one_at_a_time(default: Rendered) -> None:
         ({"blobs": {"persistence": {"enabled": False}}}, "ReadWriteMany"),
         ({"blobs": {"backend": "s3"}}, "blobs.s3.url"),
         ({"blobs": {"backend": "s3", "s3": {"url": "https://bucket"}}}, "s3://bucket/prefix"),
-        ({"blobs": {"backend": "nfs"}}, "directory or s3"),
+        # values.schema.json: Helm checks the values before any template runs.
+        ({"blobs": {"backend": "nfs"}}, "'/blobs/backend': value must be one of"),
+        ({"secret": {"adminKey": ADMIN_KEY}}, "additional properties 'secret' not allowed"),
+        ({"api": {"replicas": "two"}}, "'/api/replicas': got string, want integer"),
+        ({"worker": {"concurrency": 0}}, "'/worker/concurrency': minimum"),
+        ({"extractor": {"urls": ["ex-1:8001"]}}, "'/extractor/urls/0'"),
         ({"config": {"HEADHUB_DATABASE_URL": DATABASE_URL}}, "secrets.databaseUrl"),
         ({"config": {"HEADHUB_KEY_PEPPER": "x"}}, "secrets.keyPepper"),
         ({"config": {"HEADHUB_EXTRACTOR_URLS": "http://x"}}, "extractor.urls"),
