@@ -16,7 +16,7 @@ import uvicorn
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import ADMIN_HEADERS
-from tests.fixtures.extractor import free_port
+from tests.fixtures.processes import free_port
 
 
 @pytest.fixture(scope="module")

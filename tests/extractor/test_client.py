@@ -23,7 +23,8 @@ from extractor.client import (
 from extractor.imaging import preprocess_batch
 from extractor.packing import pack_signs
 from extractor.wire import CONTENT_TYPE, FeatureBatch, encode_features
-from tests.fixtures.extractor import free_port, start_extractor
+from tests.fixtures.extractor import start_extractor
+from tests.fixtures.processes import free_port
 
 
 def png(seed: int) -> bytes:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from service.app import create_app
 from tests.conftest import TenantCreds, create_tenant
-from tests.fixtures.extractor import free_port
+from tests.fixtures.processes import free_port
 from tests.heads.helpers import add_version
 
 LABELS = ("red", "blue")

@@ -229,15 +229,22 @@ def _run_in_thread(worker: Worker) -> threading.Thread:
     return t
 
 
-def test_cancel_of_a_running_job_stops_it_and_it_is_not_retried(
-    client, factory, tenant, slow_epochs
-) -> None:
+@pytest.fixture
+def endless_job(factory, tenant, slow_epochs) -> str:  # type: ignore[no-untyped-def]
+    """The only queued job, one that would train for minutes (slowed epochs, no early stopping),
+    so a test can act while it runs."""
     creds, ds = tenant
     slow_epochs(0.01)
     drain(factory)
-    job_id = add_job(
+    return add_job(
         factory, creds.id, ds, params={"epochs": 10_000, "patience": 0, "solver": "adam"}
     )
+
+
+def test_cancel_of_a_running_job_stops_it_and_it_is_not_retried(
+    client, factory, tenant, endless_job
+) -> None:
+    creds, job_id = tenant[0], endless_job
     thread = _run_in_thread(make_worker(client))
     wait_for(lambda: job_row(factory, job_id).progress > 0.2)  # training epochs are under way
     r = client.post(f"/v1/jobs/{job_id}/cancel", headers=creds.owner_headers)
@@ -250,15 +257,8 @@ def test_cancel_of_a_running_job_stops_it_and_it_is_not_retried(
     assert make_worker(client).run_once() is False  # nothing left to claim
 
 
-def test_a_worker_that_lost_its_lease_drops_its_result(
-    client, factory, tenant, slow_epochs
-) -> None:
-    creds, ds = tenant
-    slow_epochs(0.01)
-    drain(factory)
-    job_id = add_job(
-        factory, creds.id, ds, params={"epochs": 10_000, "patience": 0, "solver": "adam"}
-    )
+def test_a_worker_that_lost_its_lease_drops_its_result(client, factory, endless_job) -> None:
+    job_id = endless_job
     thread = _run_in_thread(make_worker(client))
     wait_for(lambda: job_row(factory, job_id).progress > 0.2)
     future = utcnow() + timedelta(seconds=60)  # as if the lease had long expired
@@ -274,14 +274,9 @@ def test_a_worker_that_lost_its_lease_drops_its_result(
 
 
 def test_shutdown_hands_a_running_job_back_without_using_up_an_attempt(
-    client, factory, tenant, slow_epochs
+    client, factory, endless_job
 ) -> None:
-    creds, ds = tenant
-    slow_epochs(0.01)
-    drain(factory)
-    job_id = add_job(
-        factory, creds.id, ds, params={"epochs": 10_000, "patience": 0, "solver": "adam"}
-    )
+    job_id = endless_job
     worker = make_worker(client, worker_grace_s=0.3)
     runner = threading.Thread(target=worker.run, kwargs={"install_signals": False}, daemon=True)
     runner.start()
