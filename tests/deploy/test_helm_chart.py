@@ -576,3 +576,36 @@ def test_a_writable_root_is_caught(default: Rendered) -> None:
         f"Job/{full('migrate')}/migrate: root filesystem not read-only",
         f"Job/{full('migrate')}/migrate: /tmp is not a writable emptyDir",
     ]
+
+
+# --- the README's install line works ---------------------------------------------------------
+
+
+def _readme_install() -> tuple[list[str], str]:
+    """(the --set arguments of the README's `helm install`, its whole shell block)."""
+    section = (ROOT / "README.md").read_text().split("## Kubernetes", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    joined = block.replace("\\\n", " ")
+    (install,) = [ln for ln in joined.splitlines() if ln.strip().startswith("helm install")]
+    words = install.split("#", 1)[0].split()
+    assert words[:2] == ["helm", "install"] and words[3] == "deploy/helm/headhub"
+    return [words[i + 1] for i, w in enumerate(words) if w == "--set"], block
+
+
+def test_the_readme_helm_install_renders() -> None:
+    sets, block = _readme_install()
+    values: dict[str, Any] = {}
+    for s in sets:
+        values = merge(values, helm.parse_set_string(s))  # Helm's own --set parser
+    r = render(values)
+    assert schema_problems(r.objects, KUBE_VERSIONS[0]) == []
+    secret = values["secrets"]["existingSecret"]
+    for key in ("database-url", "admin-key", "key-pepper"):
+        assert f"--from-literal={key}=" in block  # the Secret the README makes has every key
+        ref = {"name": secret, "key": key}
+        assert any(
+            e.get("valueFrom", {}).get("secretKeyRef") == ref for e in container(r, "api")["env"]
+        ), key
+    without = [s for s in sets if not s.startswith("secrets.")]
+    with pytest.raises(helm.HelmError, match=r"secrets\.databaseUrl is required"):
+        render(merge({}, helm.parse_set_string(",".join(without))))
