@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.kernels_bench [--checkpoint PATH] [--batches 1 32] [--reps 30]
 
 On the same normalized inputs it times `forward_features` of
-- `fast`: `extractor.fast.build_fast_model` (bit-packed binary layers on the compiled kernels);
+- `fast`: `extractor.kernels.network.build_fast_model` (bit-packed binary layers on the compiled
+  kernels);
 - `reference`: the folded float reference path (`--reference`: ±1 values in float tensors);
 - `teacher`: EfficientNet-Lite0 (`extractor.teacher`, batch norms folded), pretrained weights when
   installed, else the same architecture randomly initialised (identical cost), on the same
@@ -33,9 +34,9 @@ from torch import Tensor, nn
 
 from bench.extractor_bench import cpu_name, load_bench_teacher
 from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from extractor.fast import FastBinaryLayer, FastExtractor, build_fast_model
 from extractor.inference import keep_freed_memory
 from extractor.kernels import ops
+from extractor.kernels.network import FastBinaryLayer, FastExtractor, build_fast_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kernels.md"
 Forward = Callable[[Tensor], Tensor]
@@ -98,9 +99,10 @@ def module_timer(modules: dict[str, nn.Module], acc: dict[str, float]) -> Iterat
 
 @contextmanager
 def op_timer(acc: dict[str, float], macs: dict[str, float]) -> Iterator[None]:
-    """Time the kernel calls made by extractor.fast: each layer's prepared pack + binary conv
-    (`ops.BinaryConvPlan`), the unprepared kernel wrappers (linear layers, the torch fallback),
-    layout copies; and the kernels' own split by phase (`_bitops.profile`)."""
+    """Time the kernel calls made by the fast network (`extractor.kernels.network`): each layer's
+    prepared pack + binary conv (`ops.BinaryConvPlan`), the unprepared kernel wrappers (linear
+    layers, the torch fallback), layout copies; and the kernels' own split by phase
+    (`_bitops.profile`)."""
     names = ["pack_nchw", "pack_rows", "binary_conv2d", "binary_linear", "to_contiguous"]
     saved = {n: getattr(ops, n) for n in names}
     plan_call = ops.BinaryConvPlan.__call__

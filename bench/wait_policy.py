@@ -35,7 +35,7 @@ POLICIES: dict[str, dict[str, str]] = {
 MEASURE = """
 import json, sys, time, torch
 from extractor.checkpoint import load_checkpoint
-from extractor.fast import build_fast_model
+from extractor.kernels.network import build_fast_model
 from extractor.inference import keep_freed_memory
 keep_freed_memory()
 torch.set_num_threads(2)

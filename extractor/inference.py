@@ -1,9 +1,9 @@
 """Which code computes the features: the float reference path or the fast binary path.
 
 The reference path runs the loaded network with plain float PyTorch ops (±1 values in float
-tensors); it is the correctness oracle. The fast path, `kernel_path`, is `extractor.fast` on the
-compiled bit-packed XNOR/popcount kernels. Both paths must give identical sign bits;
-`--reference` forces the oracle.
+tensors); it is the correctness oracle. The fast path, `kernel_path`, is the network of
+`extractor.kernels.network` on the compiled bit-packed XNOR/popcount kernels. Both paths must give
+identical sign bits; `--reference` forces the oracle.
 """
 
 from __future__ import annotations
@@ -69,14 +69,14 @@ def reference_path(loaded: LoadedExtractor) -> InferencePath:
 
 
 def kernel_path(loaded: LoadedExtractor) -> InferencePath | None:
-    """The XOR-popcount network of `extractor.fast`, only when the compiled kernels are loaded.
+    """The XOR-popcount network (`kernels.network`), only when the compiled kernels are loaded.
 
     The pure-PyTorch fallback of the kernels is correct but slower than the reference, so it is
     never selected; a kernel build that fails to import falls back to the reference, loudly.
     """
     try:
-        from extractor.fast import build_fast_model
         from extractor.kernels import ops
+        from extractor.kernels.network import build_fast_model
     except Exception:
         log.exception("the fast kernels failed to import; serving the reference path")
         return None

@@ -1,7 +1,7 @@
-"""Bit-packed XNOR/XOR-popcount kernels for the binary layers (issue 7).
+"""Bit-packed XNOR/XOR-popcount kernels for the binary layers (docs/kernels.md).
 
-`ops` holds the operations (compiled `_bitops` extension, or a pure-PyTorch fallback when it did not
-build); `extractor.fast.build_fast_model` assembles them into the fast inference network, which
+`ops` holds the operations (compiled `_bitops` extension, or a pure-PyTorch fallback when it did
+not build); `network.build_fast_model` assembles them into the fast inference network, which
 `extractor.inference.kernel_path` serves unless `--reference` is given, and only when the compiled
 kernels loaded (`backend() == "native"`): the fallback is correct but slower than the reference.
 """

@@ -125,7 +125,7 @@ def test_restamp_changes_only_the_preprocessing_and_records_it(tmp_path: Path) -
 
 
 def test_repool_keeps_the_network_and_refits_only_the_feature_norm(tmp_path: Path) -> None:
-    from extractor.fast import build_fast_model
+    from extractor.kernels.network import build_fast_model
 
     model = _trained_tiny("birealnet_112")
     src, out = tmp_path / "avg.safetensors", tmp_path / "avgmax.safetensors"

@@ -204,7 +204,7 @@ def test_export_packs_a_binary_checkpoint_with_provenance(tmp_path: Path) -> Non
 def test_export_can_pool_features_on_a_finer_grid(tmp_path: Path) -> None:
     from extractor.checkpoint import load_checkpoint
     from extractor.distill.augment import sample_views, student_input
-    from extractor.fast import build_fast_model
+    from extractor.kernels.network import build_fast_model
 
     trainer = Trainer(_tiny_config(tmp_path, "run", steps=2))
     trainer.run()

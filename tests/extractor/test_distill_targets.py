@@ -101,9 +101,7 @@ def test_every_procedural_kind_appears_and_fractals_are_bounded() -> None:
 
 
 def _targets(tmp: Path, views: int = 150) -> TargetConfig:
-    return TargetConfig(
-        views=views, teacher_size=64, store_side=24, threads=1, corpus=_corpus(tmp)
-    )
+    return TargetConfig(views=views, teacher_size=64, store_side=24, threads=1, corpus=_corpus(tmp))
 
 
 def test_target_store_holds_the_teachers_outputs_for_its_views(tmp_path: Path) -> None:
@@ -168,7 +166,8 @@ def test_training_on_a_target_store_never_runs_the_teacher(tmp_path: Path) -> No
     for _ in range(3):
         out = trainer.train_step()
     assert np.isfinite(out["loss"])
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.student.parameters()))
+    after = trainer.student.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 def test_a_run_continues_from_its_small_latent_file(tmp_path: Path) -> None:
@@ -192,13 +191,16 @@ def test_a_run_continues_from_its_small_latent_file(tmp_path: Path) -> None:
         first.train_step()
     first.save()
     latent = tmp_path / "first" / f"run{LATENT_SUFFIX}"
-    meta, states = load_latent(latent)
+    meta, _ = load_latent(latent)
     assert meta["step"] == 3 and meta["config"]["steps"] == 6
     assert latent.stat().st_size < (tmp_path / "first" / "state.pt").stat().st_size / 2
 
     second = Trainer.from_latent(latent, tmp_path / "second", steps=100)
     assert second.step == 3 and second.cfg.steps == 100 and second.images_seen == 12
-    for (name, a), b in zip(first.student.state_dict().items(), second.student.state_dict().values()):
+    pairs = zip(
+        first.student.state_dict().items(), second.student.state_dict().values(), strict=True
+    )
+    for (name, a), b in pairs:
         if a.is_floating_point():  # float16 storage: the latent weights to 1e-3
             assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), name
     out = second.train_step()

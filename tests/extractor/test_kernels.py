@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from extractor.fast import build_fast_model
 from extractor.inference import keep_freed_memory
 from extractor.kernels import ops
+from extractor.kernels.network import build_fast_model
 from extractor.layers import BinaryUnitBN, FoldedBinaryLayer
 from extractor.packing import pack_signs
 from extractor.quantizers import sign

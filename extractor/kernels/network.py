@@ -35,11 +35,11 @@ __all__ = ["FastBiRealBlock", "FastBinaryLayer", "FastExtractor", "build_fast_mo
 class Workspace(threading.local):
     """Per-thread output buffers reused across calls, one per (layer, role).
 
-    Fresh multi-megabyte tensors cost a page fault per 4 KiB on first touch, as much as the binary
-    conv itself at batch 32. Each buffer is sized for the largest batch seen and sliced for smaller
-    ones; every intermediate is dead once `forward_features` returns (its result is a new tensor),
-    so reuse is safe, and thread-local buffers keep concurrent callers apart. `plans` are the
-    layers' prepared kernel calls per input shape, built on these buffers.
+    Fresh multi-megabyte tensors cost a page fault per 4 KiB page on first touch (what that costs:
+    docs/kernels.md, "Memory"). Each buffer is sized for the largest batch seen and sliced for
+    smaller ones; every intermediate is dead once `forward_features` returns (its result is a new
+    tensor), so reuse is safe, and thread-local buffers keep concurrent callers apart. `plans` are
+    the layers' prepared kernel calls per input shape, built on these buffers.
     """
 
     def __init__(self) -> None:
@@ -351,7 +351,8 @@ class _FastAvgPool(nn.Module):
     """Unpadded average pool read in any layout, written NCHW-contiguous for the real conv next.
 
     Same sums in the same order and one division as ATen (`ops.avg_pool2d`), so identical values;
-    ATen's NCHW kernel is ~30x slower here and its channels-last one would need two copies.
+    ATen's NCHW kernel is much slower here (docs/kernels.md, "Data layout") and its channels-last
+    one would need two copies.
     `prelu`, when set, holds the weights of a PReLU that ran just before and now runs inside the
     pool (`_fuse_stem_prelu`).
     """
@@ -414,7 +415,8 @@ class FastExtractor(nn.Module):
         self.pretrained_cfg = getattr(model, "pretrained_cfg", {})
         self.binary_layers = [m for m in model.modules() if isinstance(m, FastBinaryLayer)]
         # A network that lists its forward as steps (`feature_steps`) runs them as one flat list
-        # of `forward` methods: at batch 1 the ~50 nested module calls cost ~9% of the time.
+        # of `forward` methods: nested module calls are a visible share of a batch-1 forward
+        # (docs/kernels.md, "Data layout").
         # Module hooks then only fire on the steps' own submodules; `flat = False` restores the
         # nested calls (the benchmark's per-layer timing hooks every part).
         steps = getattr(model, "feature_steps", None)
