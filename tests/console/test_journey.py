@@ -1,0 +1,528 @@
+"""The console in a real browser against a real `headhub up`, as its users go through it.
+
+The tests run in file order and share one stack and one browser (tests/console/conftest.py):
+the operator creates two tenants; acme's owner builds a dataset from a dropped zip, trains,
+watches the job reach 100%, sets an alias, publishes (with markup in the description) and
+exports; globex finds the head in the marketplace and tries it on images; the operator
+suspends it and everyone sees it refused; a predict key sees no dataset page; a revoked key
+returns to sign-in. Screenshots of the main pages go to tests/console/screenshots/.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import onnx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.console.conftest import Persona, Stack, screenshot
+from tests.console.images import colour_png, colours_zip
+
+pytestmark = pytest.mark.slow
+
+XSS = "<img src=x onerror=alert(1)>"
+BAD_FILENAME = "<img src=y onerror=alert(2)>.png"
+PER_LABEL = 8
+OWNER_NAV = ["Datasets", "Training", "Heads", "Try it", "Marketplace", "Keys", "Usage"]
+
+
+@dataclass
+class World:
+    """What one step leaves for the next."""
+
+    acme_owner: str = ""
+    globex_owner: str = ""
+    acme_predict: str = ""
+    dataset_id: str = ""
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World()
+
+
+def h1(page: Page) -> Any:
+    return page.locator("main h1")
+
+
+def nav(page: Page) -> list[str]:
+    return page.locator("#nav a").all_inner_texts()
+
+
+def sign_in(persona: Persona, stack: Stack, key: str) -> Page:
+    page = persona.page
+    page.goto(stack.console)
+    page.get_by_label("API key").fill(key)
+    page.get_by_label("API key").press("Enter")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    return page
+
+
+def go(page: Page, link: str) -> None:
+    page.locator("#nav").get_by_role("link", name=link, exact=True).click()
+    expect(page.locator("#nav a[aria-current=page]")).to_have_text(link)
+
+
+def need(value: str, step: str) -> str:
+    if not value:
+        pytest.fail(f"this step needs the earlier step '{step}' (run the module as a whole)")
+    return value
+
+
+def drop_file(page: Page, name: str, data: bytes, mime: str) -> None:
+    """Drag and drop a file onto the page's drop zone (a DataTransfer built in the page)."""
+    transfer = page.evaluate_handle(
+        """([name, b64, mime]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: mime }));
+            return dt;
+        }""",
+        [name, base64.b64encode(data).decode(), mime],
+    )
+    page.locator(".drop-zone").dispatch_event("drop", {"dataTransfer": transfer})
+
+
+def paste_file(page: Page, name: str, data: bytes) -> None:
+    page.evaluate(
+        """([name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: "image/png" }));
+            const paste = new ClipboardEvent("paste", { clipboardData: dt, bubbles: true });
+            document.dispatchEvent(paste);
+        }""",
+        [name, base64.b64encode(data).decode()],
+    )
+
+
+def top_labels(page: Page) -> list[str]:
+    """The first (highest) bar's label of each result card, in order."""
+    first = page.locator(".result .bars.predictions .bar-row:first-child .bar-label")
+    return first.all_inner_texts()
+
+
+# -- operator -----------------------------------------------------------------------------------
+
+
+def test_operator_signs_in_and_creates_two_tenants_with_owner_keys(
+    stack: Stack, personas: dict[str, Persona], world: World
+) -> None:
+    admin = personas["admin"]
+    page = admin.page
+    response = page.goto(stack.console)
+    assert response is not None and response.ok
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    expect(h1(page)).to_have_text("Sign in")
+
+    page.get_by_label("API key").fill("hh_0000_wrong")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("not accepted")
+    assert page.evaluate("sessionStorage.length") == 0  # a refused key is not kept
+
+    page.get_by_label("API key").fill(stack.admin_key)
+    page.get_by_label("API key").press("Enter")
+    expect(h1(page)).to_have_text("Tenants")
+    assert stack.admin_key not in page.url
+    assert page.context.cookies() == []
+    assert nav(page)[:5] == ["Try it", "Marketplace", "Tenants", "All heads", "All jobs"]
+
+    for name in ("acme", "globex"):
+        page.get_by_label("Tenant name").fill(name)
+        page.get_by_role("button", name="Create tenant").click()
+        key_box = page.locator("#new-key-value")
+        expect(key_box).to_have_value(re.compile(r"^hh_"))
+        key = key_box.input_value()
+        page.get_by_role("button", name="Copy").click()
+        expect(page.get_by_text("Copied to the clipboard.")).to_be_visible()
+        assert page.evaluate("navigator.clipboard.readText()") == key
+        page.get_by_role("button", name="I have stored it").click()
+        expect(key_box).to_have_count(0)  # shown once
+        setattr(world, f"{name}_owner", key)
+    expect(page.locator("table").get_by_text("globex", exact=True)).to_be_visible()
+    screenshot(page, "operator-tenants")
+
+
+# -- acme's owner: dataset, upload, training -------------------------------------------------
+
+
+def test_owner_creates_a_dataset_and_drops_a_zip_with_a_progress_bar(
+    stack: Stack, personas: dict[str, Persona], world: World
+) -> None:
+    page = sign_in(personas["acme"], stack, need(world.acme_owner, "operator"))
+    expect(h1(page)).to_have_text("Datasets")
+    assert nav(page) == OWNER_NAV
+
+    page.get_by_label("Dataset name").fill("colours")
+    page.get_by_label("Description (optional)").fill("solid colours with noise")
+    page.get_by_role("button", name="Create dataset").click()
+    expect(h1(page)).to_have_text("Dataset colours")
+    world.dataset_id = page.url.split("#/datasets/", 1)[1]
+
+    drop_file(page, "colours.zip", colours_zip(PER_LABEL), "application/zip")
+    expect(page.locator(".upload-summary")).to_have_text("Added 24, duplicates 0, rejected 0.")
+    expect(page.locator(".progress-text").first).to_contain_text("100%")
+    assert page.locator("progress").first.evaluate("p => p.value") == 100
+    labels = page.locator(".card .bars").first
+    expect(labels.locator(".bar-label")).to_have_text(["blue", "green", "red"])
+    expect(labels.locator(".bar-value")).to_have_text([str(PER_LABEL)] * 3)
+    expect(page.locator(".gallery img.thumb")).to_have_count(24)  # previews read from the zip
+    expect(page.locator(".paged img.thumb")).to_have_count(24)  # matched to the list by SHA-256
+
+
+def test_loose_files_take_the_typed_label_and_a_bad_file_is_listed_with_its_reason(
+    personas: dict[str, Persona],
+) -> None:
+    page = personas["acme"].page
+    upload = page.locator(".drop-zone input[type=file]")
+    files = [
+        {"name": "red-extra.png", "mimeType": "image/png", "buffer": colour_png("red", 99)},
+        {"name": BAD_FILENAME, "mimeType": "image/png", "buffer": b"this is not an image"},
+    ]
+    upload.set_input_files(files)
+    expect(page.get_by_role("alert").filter(has_text="Type the label")).to_be_visible()
+
+    page.get_by_label("Label for loose images").fill("red")
+    upload.set_input_files(files)
+    expect(page.locator(".upload-summary")).to_have_text("Added 1, duplicates 0, rejected 1.")
+    rejected = page.get_by_role("region", name="Rejected files")
+    expect(rejected.locator("tbody tr")).to_have_count(1)
+    expect(rejected.locator("tbody td").first).to_have_text(BAD_FILENAME)  # as text
+    assert rejected.locator("tbody td").nth(1).inner_text().strip()  # the server's reason
+    expect(page.locator("img[src='y']")).to_have_count(0)
+    expect(page.locator(".card .bars").first.locator(".bar-value")).to_have_text(["8", "8", "9"])
+    expect(page.locator(".gallery .thumb.broken")).to_have_count(1)  # undecodable: no preview
+    expect(page.locator(".paged tbody tr")).to_have_count(25)
+    screenshot(page, "dataset")
+
+
+def test_owner_trains_a_head_and_watches_the_job_reach_100_percent(
+    personas: dict[str, Persona], world: World
+) -> None:
+    page = personas["acme"].page
+    page.get_by_role("link", name="Train a head on this dataset").click()
+    expect(h1(page)).to_have_text("Training")
+    expect(page.get_by_label("Dataset")).to_have_value(need(world.dataset_id, "dataset"))
+    page.get_by_label("Head name").fill("colours")
+    page.get_by_label("Head type").select_option("float")
+    page.get_by_role("button", name="Start training").click()
+    expect(h1(page)).to_have_text("Training colours (float)")
+    page.evaluate(
+        """() => {
+            window.progressSeen = [];
+            const box = document.querySelector(".job-progress");
+            new MutationObserver(() => {
+                const p = box.querySelector("progress");
+                if (p) window.progressSeen.push(Number(p.value));
+            }).observe(box, { childList: true, subtree: true });
+        }"""
+    )
+    expect(page.locator(".job-progress .progress-text")).to_have_text("100%", timeout=180_000)
+    expect(page.locator(".facts .badge")).to_have_text("succeeded")
+    seen = page.evaluate("window.progressSeen")
+    assert seen and seen[-1] == 100 and seen == sorted(seen), seen
+    curve = page.locator("svg.chart polyline.series").first  # the validation curve
+    expect(curve).to_have_attribute("points", re.compile(r"^[\d.]+,[\d.]+( [\d.]+,[\d.]+)+$"))
+    expect(page.get_by_role("link", name="acme/colours:1")).to_be_visible()
+    screenshot(page, "job")
+
+
+# -- the head: metrics, alias, publish, export ----------------------------------------------
+
+
+def test_head_page_shows_metrics_sets_an_alias_publishes_and_exports(
+    personas: dict[str, Persona], tmp_path: Path
+) -> None:
+    page = personas["acme"].page
+    page.get_by_role("link", name="acme/colours:1").click()
+    expect(h1(page)).to_have_text("acme/colours")
+    expect(page.locator("#version-picker option")).to_have_count(1)
+    cells = page.locator("table.heatmap td.heat")
+    expect(cells).to_have_count(9)  # 3 labels: a 3x3 confusion matrix
+    counts = [int(c) for c in cells.all_inner_texts()]
+    assert sum(counts) >= 3
+    per_class = page.get_by_role("region", name=re.compile("^Per-class precision and recall"))
+    expect(per_class.locator("tbody tr")).to_have_count(3)
+
+    page.get_by_label("Alias", exact=True).fill("production")
+    page.get_by_role("button", name="Set alias").click()
+    expect(page.locator(".alias-list")).to_contain_text("production → v1")
+
+    page.get_by_label("Visibility").select_option("public")
+    page.get_by_label("Description").fill(XSS)
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator(".badges")).to_contain_text("public")
+    expect(page.locator("p.description")).to_have_text(XSS)  # literally, as text
+    expect(page.locator("img[src='x']")).to_have_count(0)
+
+    page.get_by_label("Format").select_option("onnx")
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download").click()
+    download = info.value
+    assert download.suggested_filename == "acme-colours-v1.onnx"
+    target = tmp_path / download.suggested_filename
+    download.save_as(target)
+    model = onnx.load(str(target))
+    metadata = {p.key: p.value for p in model.metadata_props}
+    assert "red" in json.dumps(metadata), metadata  # the labels travel in the file
+    expect(page.get_by_text("Saved acme-colours-v1.onnx")).to_be_visible()
+    screenshot(page, "head")
+
+
+# -- globex: marketplace and try-it ------------------------------------------------------------
+
+
+def test_another_tenant_finds_the_head_in_the_marketplace_and_tries_it(
+    stack: Stack, personas: dict[str, Persona], world: World
+) -> None:
+    globex = personas["globex"]
+    page = sign_in(globex, stack, need(world.globex_owner, "operator"))
+    go(page, "Marketplace")
+    page.get_by_label("Text (owner, name or description)").fill("colours")
+    page.get_by_role("button", name="Search").click()
+    card = page.locator("article.market-card").filter(has_text="acme/colours")
+    expect(card).to_have_count(1)
+    expect(card.locator(".description")).to_have_text(XSS)
+    expect(card.locator(".chip")).to_have_text(["blue", "green", "red"])
+    expect(page.locator("img[src='x']")).to_have_count(0)
+
+    page.get_by_label("Text (owner, name or description)").fill("")
+    page.get_by_label("Label", exact=True).fill("purple")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("No public head matches.")).to_be_visible()
+    page.get_by_label("Label", exact=True).fill("green")
+    page.get_by_role("button", name="Search").click()
+    expect(card).to_have_count(1)
+    screenshot(page, "marketplace")
+
+    card.get_by_role("link", name="Try acme/colours").click()
+    expect(h1(page)).to_have_text("Try it")
+    expect(page.get_by_label("Other heads")).to_have_value("acme/colours")
+    page.locator(".drop-zone input[type=file]").set_input_files(
+        [{"name": "a-red-one.png", "mimeType": "image/png", "buffer": colour_png("red", 5000)}]
+    )
+    paste_file(page, "pasted-green.png", colour_png("green", 5001))
+    expect(page.locator(".gallery .tile")).to_have_count(2)
+    page.get_by_role("button", name="Predict").click()
+    expect(page.locator(".result")).to_have_count(2)
+    expect(page.locator(".result h4").first).to_have_text("acme/colours:1")
+    assert top_labels(page) == ["red", "green"]
+    screenshot(page, "try-it")
+
+
+# -- operator: suspension ----------------------------------------------------------------------
+
+
+def test_operator_suspends_the_head_and_every_tenant_sees_it_refused(
+    stack: Stack, personas: dict[str, Persona]
+) -> None:
+    admin = personas["admin"].page
+    go(admin, "All heads")
+    row = admin.locator("tr").filter(has_text="acme/colours")
+    row.get_by_role("button", name="Suspend acme/colours").click()
+    expect(row.locator(".badge").filter(has_text="suspended")).to_be_visible()
+    screenshot(admin, "operator-heads")
+
+    globex = personas["globex"].page
+    globex.get_by_role("button", name="Predict").click()
+    expect(globex.get_by_role("alert")).to_contain_text("suspended")
+    expect(globex.locator(".result")).to_have_count(0)
+
+    acme = personas["acme"].page
+    acme.reload()
+    expect(acme.locator(".badges")).to_contain_text("suspended")
+    with acme.expect_response(lambda r: "/export" in r.url) as refused:
+        acme.get_by_role("button", name="Download").click()
+    assert refused.value.status == 403
+    expect(acme.get_by_role("alert")).to_contain_text("suspended")
+
+    row.get_by_role("button", name="Unsuspend acme/colours").click()
+    expect(row.get_by_role("button", name="Suspend acme/colours")).to_be_visible()
+    globex.get_by_role("button", name="Predict").click()
+    expect(globex.locator(".result")).to_have_count(2)
+
+
+# -- keys and scopes --------------------------------------------------------------------------
+
+
+def test_a_predict_key_is_shown_once_signs_in_by_keyboard_and_sees_no_dataset_page(
+    stack: Stack, personas: dict[str, Persona], world: World
+) -> None:
+    acme = personas["acme"].page
+    go(acme, "Keys")
+    acme.get_by_label("Key name").fill("field-app")
+    acme.get_by_label("Scope").select_option("predict")
+    acme.get_by_role("button", name="Create key").click()
+    world.acme_predict = acme.locator("#new-key-value").input_value()
+    assert world.acme_predict.startswith("hh_")
+    acme.get_by_role("button", name="I have stored it").click()
+    expect(acme.locator("tr").filter(has_text="field-app")).to_contain_text("active")
+
+    predict = personas["predict"]
+    page = predict.page
+    page.goto(stack.console)
+    expect(page.get_by_label("API key")).to_be_focused()  # keyboard only from here
+    page.keyboard.type(world.acme_predict)
+    page.keyboard.press("Enter")
+    expect(h1(page)).to_have_text("Try it")
+    assert nav(page) == ["Heads", "Try it", "Marketplace"]
+    for _ in range(10):  # back from the page's heading to the last link of the main navigation
+        if page.evaluate("document.activeElement.textContent") == "Marketplace":
+            break
+        page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    expect(h1(page)).to_have_text("Marketplace")
+
+    page.goto(f"{stack.console}#/datasets")
+    expect(h1(page)).to_have_text("Not available with this key")
+    page.goto(f"{stack.console}#/training")
+    expect(h1(page)).to_have_text("Not available with this key")
+    assert not [r for r in predict.requests if "/v1/datasets" in r or "/v1/jobs" in r]
+
+    go(page, "Try it")
+    page.get_by_label("acme/colours", exact=True).check()
+    page.locator(".drop-zone input[type=file]").set_input_files(
+        [{"name": "blue.png", "mimeType": "image/png", "buffer": colour_png("blue", 7000)}]
+    )
+    page.get_by_role("button", name="Predict").click()
+    expect(page.locator(".result")).to_have_count(1)
+    assert top_labels(page) == ["blue"]
+
+
+def test_a_revoked_key_returns_to_sign_in(personas: dict[str, Persona]) -> None:
+    acme = personas["acme"].page
+    revoke = acme.get_by_role("button", name="Revoke key field-app")
+    revoke.click()
+    revoke.click()  # the second click confirms (no window.confirm dialog)
+    expect(acme.locator("tr").filter(has_text="field-app")).to_contain_text("revoked")
+
+    page = personas["predict"].page
+    page.get_by_role("button", name="Predict").click()
+    expect(h1(page)).to_have_text("Sign in")
+    expect(page.get_by_role("status").filter(has_text="not accepted")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+# -- jobs: cancel, the operator's view -------------------------------------------------------
+
+
+def test_owner_cancels_a_running_job(personas: dict[str, Persona]) -> None:
+    page = personas["acme"].page
+    go(page, "Training")
+    page.get_by_label("Head name").fill("colours-binary")
+    page.get_by_label("Head type").select_option("binary")
+    page.get_by_label("Trainer parameters").fill('{"epochs": 100000, "patience": 0}')
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator(".facts .badge")).to_have_text("running", timeout=60_000)
+    page.get_by_role("button", name="Cancel job").click()
+    expect(page.locator(".facts .badge")).to_have_text("cancelled", timeout=60_000)
+    expect(page.get_by_role("link", name=re.compile("colours-binary:"))).to_have_count(0)
+
+
+def test_operator_sees_every_job_with_its_status(personas: dict[str, Persona]) -> None:
+    page = personas["admin"].page
+    go(page, "All jobs")
+    table = page.get_by_role("region", name="Every job, newest first")
+    expect(table.locator("tbody tr")).to_have_count(2)
+    expect(table.locator(".badge")).to_have_text(["cancelled", "succeeded"])
+    page.get_by_label("Status").select_option("cancelled")
+    page.get_by_role("button", name="Filter").click()
+    expect(table.locator("tbody tr")).to_have_count(1)
+    expect(table).to_contain_text("colours-binary")
+    page.get_by_label("Status").select_option("")
+    page.get_by_role("button", name="Filter").click()
+    expect(table.locator("tbody tr")).to_have_count(2)
+    screenshot(page, "operator-jobs")
+
+
+def test_extractors_section_is_shown_only_when_the_api_has_one(
+    stack: Stack, personas: dict[str, Persona]
+) -> None:
+    r = httpx.get(
+        f"{stack.url}/v1/extractors", headers={"Authorization": f"Bearer {stack.admin_key}"}
+    )
+    page = personas["admin"].page
+    if r.status_code == 404:
+        assert "Extractors" not in nav(page)
+    else:
+        assert r.status_code == 200, r.text
+        go(page, "Extractors")
+        expect(page.get_by_role("region", name="Extractors")).to_be_visible()
+
+
+def test_usage_counts_the_images_others_scored_with_a_public_head(
+    personas: dict[str, Persona],
+) -> None:
+    page = personas["acme"].page
+    go(page, "Usage")
+    bar = page.locator(".bars .bar-row").filter(has_text="acme/colours")
+    expect(bar).to_have_count(1)
+    assert int(bar.locator(".bar-value").inner_text()) >= 4  # globex scored 2 images twice
+
+
+# -- every page: readable at 360 px, labelled controls ------------------------------------------
+
+# Form controls and buttons on the page that have no accessible name.
+UNLABELLED = """() => [...document.querySelectorAll(
+        "main input, main select, main textarea, main button, header button")]
+    .filter((el) => (el.type !== "hidden" && el.offsetParent !== null) || el.type === "file")
+    .filter((el) => {
+        const named = el.labels?.length || el.getAttribute("aria-label")
+            || el.getAttribute("aria-labelledby");
+        return !(named || (el.tagName === "BUTTON" && el.textContent.trim()));
+    })
+    .map((el) => el.outerHTML.slice(0, 80))"""
+
+
+def test_pages_fit_360_px_and_every_control_has_a_label(
+    stack: Stack, personas: dict[str, Persona], world: World
+) -> None:
+    page = personas["acme"].page
+    page.set_viewport_size({"width": 360, "height": 780})
+    pages = {
+        "datasets": "#/datasets",
+        "dataset": f"#/datasets/{need(world.dataset_id, 'dataset')}",
+        "training": "#/training",
+        "heads": "#/heads",
+        "head": "#/heads/acme/colours",
+        "try": "#/try?heads=acme/colours",
+        "marketplace": "#/marketplace",
+        "keys": "#/keys",
+        "usage": "#/usage",
+    }
+    try:
+        for name, hash_ in pages.items():
+            page.goto(f"{stack.console}{hash_}")
+            expect(h1(page)).not_to_have_text("Sign in")
+            page.wait_for_load_state("networkidle")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 360, f"{name} is {width} px wide at a 360 px viewport"
+            assert page.evaluate(UNLABELLED) == [], name
+            if name == "head":
+                screenshot(page, "mobile-head")
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+    admin = personas["admin"].page
+    for hash_ in ("#/admin/tenants", "#/admin/heads", "#/admin/jobs"):
+        admin.goto(f"{stack.console}{hash_}")
+        admin.wait_for_load_state("networkidle")
+        assert admin.evaluate(UNLABELLED) == [], hash_
+
+
+def test_no_page_opened_a_dialog_threw_or_broke_the_content_security_policy(
+    personas: dict[str, Persona],
+) -> None:
+    assert set(personas) >= {"admin", "acme", "globex", "predict"}
+    for persona in personas.values():
+        assert persona.dialogs == [], persona.name
+        assert persona.page_errors == [], persona.name
+        assert persona.csp_violations == [], persona.name
