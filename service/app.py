@@ -26,7 +26,7 @@ from service.marketplace.endpoints import router as marketplace_router
 from service.predict.endpoints import router as predict_router
 from service.predict.extractor_info import router as extractor_info_router
 from service.settings import Settings, get_settings
-from service.storage.blobstore import LocalBlobStore
+from service.storage.blobstore import make_blob_store
 from service.tenants.endpoints import router as tenants_router
 
 # Every domain router, in the order they appear in the OpenAPI document.
@@ -69,8 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.pepper = settings.pepper()
-    assert settings.blob_dir is not None
-    app.state.blobs = LocalBlobStore(settings.blob_dir)
+    app.state.blobs = make_blob_store(settings)
     install_error_handlers(app)
     install_openapi(app)  # shared failures (401, 403, 429, problem+json) on every route
     app.state.rate_limiter = make_limiter(settings.rate_limit_per_minute, settings.rate_limit_burst)

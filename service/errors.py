@@ -132,3 +132,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for exc_type in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(exc_type, _database_down)
+
+    # An object store (S3) that cannot be reached is the same kind of outage.
+    from service.storage.blobstore import BlobStoreUnavailable
+
+    async def _blobs_down(_: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger("headhub.blobs").warning("blob store unavailable: %s", exc)
+        return problem(
+            503,
+            ServiceUnavailable.title,
+            "The blob store is not answering; retry shortly.",
+            "blob_store_unavailable",
+            {"Retry-After": "5"},
+        )
+
+    app.add_exception_handler(BlobStoreUnavailable, _blobs_down)

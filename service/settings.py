@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,8 +24,20 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
     # Server-side secret mixed into key hashes (HMAC-SHA256). Generated under data_dir if unset.
     key_pepper: SecretStr | None = None
-    # Blob store root; default data_dir/blobs.
+    # Blob store root; default data_dir/blobs. Used when blob_url is empty.
     blob_dir: Path | None = None
+    # s3://bucket/prefix keeps blobs in an S3-compatible object store instead of blob_dir
+    # (docs/architecture.md, "Running across hosts"). Credentials: the s3_* secrets below, else
+    # boto3's standard chain (AWS_* variables, web identity, instance profile).
+    blob_url: str = ""
+    s3_endpoint_url: str = ""  # e.g. http://minio:9000; empty: AWS
+    s3_region: str = ""  # empty: boto3's default (AWS_REGION, ...)
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    # redis://[:password@]host:6379/0 shares rate limits and cache invalidation between API
+    # processes; empty: each process limits on its own.
+    redis_url: str = ""
 
     # --- limits (docs/architecture.md, "Untrusted input" and "Tenancy and keys") ---
     max_body_bytes: int = 64 * 1024 * 1024

@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.fixtures.processes",
     "tests.fixtures.slow_training",
     "tests.fixtures.extractor",
+    "tests.fixtures.s3",
 ]
 
 

@@ -108,14 +108,13 @@ def gc(
     """Delete stored images and head files that no dataset or head version refers to."""
     from service.db import make_engine, make_sessionmaker
     from service.settings import get_settings
-    from service.storage.blobstore import LocalBlobStore
+    from service.storage.blobstore import make_blob_store
     from service.storage.gc import collect_garbage
 
     settings = get_settings()
-    assert settings.blob_dir is not None
     report = collect_garbage(
         make_sessionmaker(make_engine(settings.database_url)),
-        LocalBlobStore(settings.blob_dir),
+        make_blob_store(settings),
         grace_s=grace_minutes * 60,
         dry_run=dry_run,
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Iterator
+from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status
+from fastapi.responses import StreamingResponse
 
 from service.deps import AdminDep, BlobsDep, OwnerDep, PredictDep, SessionDep
 from service.errors import Forbidden, Unprocessable
@@ -170,8 +172,17 @@ def export_version(
         )
         filename = f"{stem}.onnx"
     else:
-        data = blobs.get(v.blob_key)
+        # Streamed from the blob store as it is read (an S3 object is never held whole here).
         filename = f"{stem}.safetensors"
+        return StreamingResponse(
+            _chunks(blobs.open(v.blob_key)),
+            media_type="application/octet-stream",
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "ETag": f'"{v.sha256}-{format}"',
+                "Content-Length": str(v.size_bytes),
+            },
+        )
     return Response(
         data,
         media_type="application/octet-stream",
@@ -180,6 +191,12 @@ def export_version(
             "ETag": f'"{v.sha256}-{format}"',
         },
     )
+
+
+def _chunks(stream: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    with stream:
+        while chunk := stream.read(size):
+            yield chunk
 
 
 @admin_router.get("", response_model=HeadList)

@@ -30,7 +30,7 @@ from service.jobs.runtime import ClaimedJob, JobHeartbeat, LeaseLost
 from service.jobs.service import backoff_s
 from service.jobs.tables import JobStatus
 from service.settings import Settings
-from service.storage.blobstore import BlobStore, LocalBlobStore
+from service.storage.blobstore import BlobStore, make_blob_store
 from service.training import (
     InvalidParams,
     InvalidTrainingData,
@@ -67,8 +67,7 @@ class Worker:
         self.concurrency = max(1, concurrency)
         self.factory = session_factory or make_sessionmaker(make_engine(settings.database_url))
         self.extractor = extractor
-        assert settings.blob_dir is not None
-        self.blobs = blobs or LocalBlobStore(settings.blob_dir)
+        self.blobs = blobs or make_blob_store(settings)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()  # no new claims
         self.handback = threading.Event()  # running jobs give their lease back now

@@ -1,4 +1,5 @@
-"""Blob storage behind a small interface, so an S3-compatible store can replace the local one.
+"""Blob storage behind a small interface: a local directory (the embedded default) or an
+S3-compatible object store (`service/storage/s3.py`), chosen by `make_blob_store(settings)`.
 
 Keys are server-made (`images/ab/<sha256>`, `heads/...`): a strict key grammar means a client's
 file name can never become a storage path, even through a bug elsewhere (docs/architecture.md,
@@ -15,7 +16,12 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from service.settings import Settings
 
 # One or more segments of safe characters; no empty, "." or ".." segment; no leading slash.
 _SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
@@ -30,10 +36,19 @@ class BlobNotFound(KeyError):
     """The key has no blob."""
 
 
+class BlobStoreUnavailable(RuntimeError):
+    """The store cannot be reached or refused service (a remote store down): answered 503."""
+
+
 def validate_key(key: str) -> str:
     if not _KEY_RE.fullmatch(key) or any(part in {".", ".."} for part in key.split("/")):
         raise InvalidBlobKey(f"invalid blob key {key!r}")
     return key
+
+
+def is_blob_key(key: str) -> bool:
+    """Whether `key` is in the grammar (a scan skips anything else: temp files, strays)."""
+    return bool(_KEY_RE.fullmatch(key)) and not any(p in {".", ".."} for p in key.split("/"))
 
 
 def image_key(sha256_hex: str) -> str:
@@ -113,7 +128,7 @@ class LocalBlobStore:
     def scan(self, written_before: float) -> Iterator[tuple[str, int]]:
         for path in self.root.rglob("*"):
             key = path.relative_to(self.root).as_posix()
-            if not _KEY_RE.fullmatch(key):  # in-flight ".tmp-" files, stray names: not blobs
+            if not is_blob_key(key):  # in-flight ".tmp-" files, stray names: not blobs
                 continue
             try:
                 st = path.stat()
@@ -132,3 +147,23 @@ class LocalBlobStore:
     def path_for(self, key: str) -> Path | None:
         """A local file path for tools that want one (a remote store would return None)."""
         return self._path(key)
+
+
+def make_blob_store(settings: Settings) -> BlobStore:
+    """The configured store: S3 when `blob_url` is set, else the local directory `blob_dir`."""
+    if settings.blob_url:
+        from service.storage.s3 import S3BlobStore
+
+        def secret(v: SecretStr | None) -> str | None:
+            return v.get_secret_value() if v is not None else None
+
+        return S3BlobStore(
+            settings.blob_url,
+            endpoint_url=settings.s3_endpoint_url or None,
+            region=settings.s3_region or None,
+            access_key_id=secret(settings.s3_access_key_id),
+            secret_access_key=secret(settings.s3_secret_access_key),
+            addressing_style=settings.s3_addressing_style,
+        )
+    assert settings.blob_dir is not None
+    return LocalBlobStore(settings.blob_dir)

@@ -8,7 +8,8 @@ Safety: only blobs last written more than `grace_s` ago are candidates, and the 
 listed *before* the references are read. A request still between writing its blob and committing
 its row wrote that blob recently, so it is not a candidate; re-uploading content that is already
 stored rewrites the file, which makes it recent again. Only the key spaces the service writes
-(`images/`, `heads/`) are swept.
+(`images/`, `heads/`) are swept. The same holds on S3 (`service/storage/s3.py`): `scan` lists the
+objects with their LastModified time, which a PUT of the same key renews.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def collect_garbage(
     if not dry_run:
         for key, _ in orphans:
             blobs.delete(key)
+        # An object store's multipart uploads left by a killed process hold storage invisibly.
+        abort = getattr(blobs, "abort_stale_uploads", None)
+        if abort is not None:
+            aborted = abort(cutoff)
+            if aborted:
+                log.info("blob gc: aborted %d stale multipart uploads", aborted)
     freed = sum(n for _, n in orphans)
     log.info(
         "blob gc: %d candidates, %d unreferenced, %s %d bytes",
