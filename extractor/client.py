@@ -6,6 +6,10 @@ schedule, `_Failover`, for every call, async or blocking). Every answer is check
 returned: the wire format parses, the width is the extractor's `feature_dim`, the id is that
 replica's extractor, the values are finite and the sign bits agree with the floats. Garbage is
 never passed on (docs/architecture.md, "Failure handling at the boundaries").
+
+A process may serve several extractors (`extractor.catalog`): every call takes an optional
+`extractor_id`, None meaning the process's default. A replica that does not serve the id asked
+for is skipped like a busy one; when none does, `ExtractorNotServed` says so.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "ExtractorBadResponse",
     "ExtractorClient",
     "ExtractorError",
+    "ExtractorNotServed",
     "ExtractorRejectedImage",
     "ExtractorUnavailable",
 ]
@@ -50,6 +55,15 @@ class ExtractorBadResponse(ExtractorError):
     """A replica answered something unusable (bad wire data, wrong width, NaN); map to 502."""
 
 
+class ExtractorNotServed(ExtractorError):
+    """No replica serves the extractor id asked for (`mismatch`: a file claims it but hashes
+    otherwise)."""
+
+    def __init__(self, extractor_id: str, reason: str, *, mismatch: bool = False) -> None:
+        super().__init__(reason)
+        self.extractor_id, self.reason, self.mismatch = extractor_id, reason, mismatch
+
+
 class ExtractorRejectedImage(ExtractorError):
     """The extractor refused an image (413/415/422); pass that status on, naming the file."""
 
@@ -66,6 +80,14 @@ class _Retry(Exception):
     def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class _NotServedHere(_Retry):
+    """This replica does not serve the extractor id asked for (404/409 from the catalog)."""
+
+    def __init__(self, message: str, mismatch: bool) -> None:
+        super().__init__(message)
+        self.mismatch = mismatch
 
 
 def _retry_after(response: httpx.Response) -> int | None:
@@ -91,6 +113,9 @@ def _check_status(url: str, response: httpx.Response) -> None:
     if status in _RETRY_STATUS:
         raise _Retry(f"{url} answered {status}", _retry_after(response))
     doc = _json(response)
+    if doc.get("code") in ("extractor_not_served", "checkpoint_id_mismatch"):
+        detail = str(doc.get("detail") or "not served")
+        raise _NotServedHere(detail, mismatch=doc["code"] == "checkpoint_id_mismatch")
     if status in _REJECT_STATUS:
         raise ExtractorRejectedImage(
             str(doc.get("filename", "")),
@@ -136,10 +161,14 @@ class _Failover:
     """The schedule of one call: every replica in turn (round-robin start), then `retries` more
     rounds, each after a growing pause; collects why each attempt failed."""
 
-    def __init__(self, client: ExtractorClient, *, forget_info: bool) -> None:
+    def __init__(
+        self, client: ExtractorClient, *, forget_info: bool, extractor_id: str | None = None
+    ) -> None:
         self.client, self.forget_info = client, forget_info
+        self.extractor_id = extractor_id
         self.errors: list[str] = []
         self.retry_after: int | None = None
+        self.not_served: dict[str, _NotServedHere] = {}  # replica URL -> why
 
     def __iter__(self) -> Iterator[tuple[float, str]]:
         """(seconds to wait first, replica URL) for each attempt."""
@@ -149,13 +178,22 @@ class _Failover:
                 yield (min(2.0, c.backoff * 2 ** (round_ - 1)) if round_ and not i else 0.0), url
 
     def failed(self, url: str, exc: Exception) -> None:
+        if isinstance(exc, _NotServedHere):
+            self.not_served[url] = exc
+            if len(self.not_served) == len(self.client.urls):  # every replica said so: final
+                reasons = {str(e) for e in self.not_served.values()}
+                raise ExtractorNotServed(
+                    str(self.extractor_id or ""),
+                    "; ".join(sorted(reasons)),
+                    mismatch=any(e.mismatch for e in self.not_served.values()),
+                )
         if isinstance(exc, _Retry):
             self.errors.append(str(exc))
             self.retry_after = exc.retry_after or self.retry_after
         else:  # a transport error: connect/read failures and timeouts
             self.errors.append(f"{url}: {type(exc).__name__} {exc}".strip())
             if self.forget_info:
-                self.client._info.pop(url, None)
+                self.client._forget(url)
 
     def unavailable(self) -> ExtractorUnavailable:
         n = len(self.client.urls)
@@ -189,17 +227,36 @@ class ExtractorClient:
         self._transport, self._sync_transport = transport, sync_transport
         self._aclient: httpx.AsyncClient | None = None
         self._client: httpx.Client | None = None
-        self._info: dict[str, dict[str, Any]] = {}  # per replica URL
+        # per (replica URL, extractor id or None for the replica's default)
+        self._info: dict[tuple[str, str | None], dict[str, Any]] = {}
         self._next = 0  # round-robin start, so replicas share the load
 
     # -- plumbing -------------------------------------------------------------------------------
+    def _forget(self, url: str) -> None:
+        for key in [k for k in self._info if k[0] == url]:
+            del self._info[key]
+
+    @staticmethod
+    def _info_path(extractor_id: str | None) -> str:
+        return "/v1/info" if extractor_id is None else f"/v1/extractors/{extractor_id}"
+
+    @staticmethod
+    def _params(extractor_id: str | None) -> dict[str, str]:
+        return {} if extractor_id is None else {"extractor": extractor_id}
+
     def _order(self) -> list[str]:
         start = self._next % len(self.urls)
         self._next += 1
         return self.urls[start:] + self.urls[:start]
 
-    async def _failover(self, call: Callable[[str], Awaitable[T]], *, forget_info: bool) -> T:
-        failover = _Failover(self, forget_info=forget_info)
+    async def _failover(
+        self,
+        call: Callable[[str], Awaitable[T]],
+        *,
+        forget_info: bool,
+        extractor_id: str | None = None,
+    ) -> T:
+        failover = _Failover(self, forget_info=forget_info, extractor_id=extractor_id)
         for pause, url in failover:
             if pause:
                 await asyncio.sleep(pause)
@@ -209,8 +266,10 @@ class ExtractorClient:
                 failover.failed(url, exc)
         raise failover.unavailable()
 
-    def _failover_sync(self, call: Callable[[str], T], *, forget_info: bool) -> T:
-        failover = _Failover(self, forget_info=forget_info)
+    def _failover_sync(
+        self, call: Callable[[str], T], *, forget_info: bool, extractor_id: str | None = None
+    ) -> T:
+        failover = _Failover(self, forget_info=forget_info, extractor_id=extractor_id)
         for pause, url in failover:
             if pause:
                 time.sleep(pause)
@@ -234,37 +293,74 @@ class ExtractorClient:
             self._aclient = httpx.AsyncClient(timeout=self.timeout, transport=self._transport)
         return self._aclient
 
-    async def _ainfo(self, url: str, request_id: str | None, refresh: bool = False) -> dict:
-        if refresh or url not in self._info:
-            r = await self._async_client().get(f"{url}/v1/info", headers=self._headers(request_id))
-            self._info[url] = _check_info(url, r)
-        return self._info[url]
+    async def _ainfo(
+        self,
+        url: str,
+        request_id: str | None,
+        refresh: bool = False,
+        extractor_id: str | None = None,
+    ) -> dict:
+        key = (url, extractor_id)
+        if refresh or key not in self._info:
+            r = await self._async_client().get(
+                url + self._info_path(extractor_id), headers=self._headers(request_id)
+            )
+            self._info[key] = _check_info(url, r)
+        return self._info[key]
 
     async def _afeatures_once(
-        self, url: str, files: Sequence[tuple[str, bytes]], request_id: str | None
+        self,
+        url: str,
+        files: Sequence[tuple[str, bytes]],
+        request_id: str | None,
+        extractor_id: str | None = None,
     ) -> FeatureBatch:
-        info = await self._ainfo(url, request_id)
+        info = await self._ainfo(url, request_id, extractor_id=extractor_id)
         r = await self._async_client().post(
-            f"{url}/v1/features", files=self._multipart(files), headers=self._headers(request_id)
+            f"{url}/v1/features",
+            files=self._multipart(files),
+            headers=self._headers(request_id),
+            params=self._params(extractor_id),
         )
         _check_status(url, r)
         if r.headers.get("x-extractor-id", info["id"]) != info["id"]:  # replica was swapped
-            info = await self._ainfo(url, request_id, refresh=True)
+            info = await self._ainfo(url, request_id, refresh=True, extractor_id=extractor_id)
         return _validate(url, r, info, len(files))
 
     async def features(
-        self, files: Sequence[tuple[str, bytes]], request_id: str | None = None
+        self,
+        files: Sequence[tuple[str, bytes]],
+        request_id: str | None = None,
+        *,
+        extractor_id: str | None = None,
     ) -> FeatureBatch:
-        """Features of `(filename, bytes)` images, in order, from the first replica that can."""
+        """Features of `(filename, bytes)` images, in order, from the first replica that can,
+        computed by the extractor `extractor_id` (None: the replicas' default)."""
         return await self._failover(
-            lambda url: self._afeatures_once(url, files, request_id), forget_info=True
+            lambda url: self._afeatures_once(url, files, request_id, extractor_id),
+            forget_info=True,
+            extractor_id=extractor_id,
         )
 
-    async def info(self, request_id: str | None = None) -> dict[str, Any]:
-        """`/v1/info` of the first replica that answers."""
+    async def info(
+        self, request_id: str | None = None, *, extractor_id: str | None = None
+    ) -> dict[str, Any]:
+        """`/v1/info` of the first replica that answers (of `extractor_id`, when given)."""
         return await self._failover(
-            lambda url: self._ainfo(url, request_id, refresh=True), forget_info=False
+            lambda url: self._ainfo(url, request_id, refresh=True, extractor_id=extractor_id),
+            forget_info=False,
+            extractor_id=extractor_id,
         )
+
+    async def checkpoint(self, extractor_id: str) -> bytes:
+        """The checkpoint file of `extractor_id`, as a replica serves it (not checked here)."""
+
+        async def once(url: str) -> bytes:
+            r = await self._async_client().get(f"{url}/v1/extractors/{extractor_id}/checkpoint")
+            _check_status(url, r)
+            return r.content
+
+        return await self._failover(once, forget_info=False, extractor_id=extractor_id)
 
     async def aclose(self) -> None:
         if self._aclient is not None:
@@ -277,37 +373,73 @@ class ExtractorClient:
             self._client = httpx.Client(timeout=self.timeout, transport=self._sync_transport)
         return self._client
 
-    def _info_sync(self, url: str, request_id: str | None, refresh: bool = False) -> dict:
-        if refresh or url not in self._info:
-            r = self._sync_client().get(f"{url}/v1/info", headers=self._headers(request_id))
-            self._info[url] = _check_info(url, r)
-        return self._info[url]
+    def _info_sync(
+        self,
+        url: str,
+        request_id: str | None,
+        refresh: bool = False,
+        extractor_id: str | None = None,
+    ) -> dict:
+        key = (url, extractor_id)
+        if refresh or key not in self._info:
+            r = self._sync_client().get(
+                url + self._info_path(extractor_id), headers=self._headers(request_id)
+            )
+            self._info[key] = _check_info(url, r)
+        return self._info[key]
 
     def _features_once_sync(
-        self, url: str, files: Sequence[tuple[str, bytes]], request_id: str | None
+        self,
+        url: str,
+        files: Sequence[tuple[str, bytes]],
+        request_id: str | None,
+        extractor_id: str | None = None,
     ) -> FeatureBatch:
-        info = self._info_sync(url, request_id)
+        info = self._info_sync(url, request_id, extractor_id=extractor_id)
         r = self._sync_client().post(
-            f"{url}/v1/features", files=self._multipart(files), headers=self._headers(request_id)
+            f"{url}/v1/features",
+            files=self._multipart(files),
+            headers=self._headers(request_id),
+            params=self._params(extractor_id),
         )
         _check_status(url, r)
         if r.headers.get("x-extractor-id", info["id"]) != info["id"]:
-            info = self._info_sync(url, request_id, refresh=True)
+            info = self._info_sync(url, request_id, refresh=True, extractor_id=extractor_id)
         return _validate(url, r, info, len(files))
 
     def features_sync(
-        self, files: Sequence[tuple[str, bytes]], request_id: str | None = None
+        self,
+        files: Sequence[tuple[str, bytes]],
+        request_id: str | None = None,
+        *,
+        extractor_id: str | None = None,
     ) -> FeatureBatch:
         """Blocking twin of `features`."""
         return self._failover_sync(
-            lambda url: self._features_once_sync(url, files, request_id), forget_info=True
+            lambda url: self._features_once_sync(url, files, request_id, extractor_id),
+            forget_info=True,
+            extractor_id=extractor_id,
         )
 
-    def info_sync(self, request_id: str | None = None) -> dict[str, Any]:
+    def info_sync(
+        self, request_id: str | None = None, *, extractor_id: str | None = None
+    ) -> dict[str, Any]:
         """Blocking twin of `info`."""
         return self._failover_sync(
-            lambda url: self._info_sync(url, request_id, refresh=True), forget_info=False
+            lambda url: self._info_sync(url, request_id, refresh=True, extractor_id=extractor_id),
+            forget_info=False,
+            extractor_id=extractor_id,
         )
+
+    def served_sync(self) -> dict[str, Any]:
+        """`GET /v1/extractors` of the first replica that answers: every network it serves."""
+
+        def once(url: str) -> dict[str, Any]:
+            r = self._sync_client().get(f"{url}/v1/extractors")
+            _check_status(url, r)
+            return _json(r)
+
+        return self._failover_sync(once, forget_info=False)
 
     def close(self) -> None:
         if self._client is not None:

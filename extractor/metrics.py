@@ -50,6 +50,12 @@ class ExtractorMetrics:
         self.images = Counter(
             "extractor_images_total", "Images whose features were computed", registry=self.registry
         )
+        self.images_by_extractor = Counter(
+            "extractor_served_images_total",
+            "Images whose features were computed, by extractor id (several served side by side)",
+            ["extractor"],
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "extractor_rejected_total",
             "Requests refused, by problem code",

@@ -1,8 +1,11 @@
-"""The extractor process: one frozen network behind HTTP, fed by a dynamic micro-batcher.
+"""The extractor process: frozen networks behind HTTP, each fed by its own dynamic micro-batcher.
 
-`POST /v1/features` takes multipart `files` parts and answers both feature forms in the binary
-wire format (`extractor.wire`). Decoding runs in a thread pool, never on the event loop; one
-inference thread runs the forward passes. Expected failures are problem+json 4xx/503.
+`POST /v1/features[?extractor=<id>]` takes multipart `files` parts and answers both feature forms
+in the binary wire format (`extractor.wire`). Decoding runs in a thread pool, never on the event
+loop; one inference thread per network runs its forward passes. The process serves its default
+checkpoint and every `<id>.safetensors` of its checkpoint directory (`extractor.catalog`);
+`GET /v1/info` describes the default, `GET /v1/extractors` all of them. Expected failures are
+problem+json 4xx/503.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from extractor.batcher import BatcherStopped, MicroBatcher, QueueFull
+from extractor.catalog import Catalog, NotServed, Served
 from extractor.checkpoint import LoadedExtractor, load_checkpoint
 from extractor.imaging import DEFAULT_MAX_PIXELS, ImageRejected, preprocess_batch
-from extractor.inference import InferencePath, select_path
 from extractor.metrics import ExtractorMetrics
 from extractor.packing import pack_signs
 from extractor.web.limits import BodySizeLimitMiddleware
@@ -65,47 +68,58 @@ def create_app(
     max_body: int = 64 * 1024 * 1024,
     max_files: int = 256,
     threads: int | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> FastAPI:
-    """Load the extractor once (frozen) and build the app; the inference thread runs in lifespan."""
+    """Load the extractors once (frozen) and build the app; inference threads run in lifespan.
+
+    `checkpoint` is the default network (the one `/v1/info` and an unqualified
+    `/v1/features` use); `checkpoint_dir` holds more, as `<id>.safetensors` (`extractor.catalog`).
+    """
     if threads is not None:
         torch.set_num_threads(threads)
     loaded = checkpoint if isinstance(checkpoint, LoadedExtractor) else load_checkpoint(checkpoint)
-    loaded.model.eval().requires_grad_(False)
-    path: InferencePath = select_path(loaded, reference=reference)
-    cfg = loaded.pretrained_cfg
     metrics = ExtractorMetrics()
-    batcher = MicroBatcher(
-        path.forward,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        queue_size=queue_size,
-        on_batch=metrics.observe_batch,
-        on_depth=metrics.queue_depth.set,
+
+    def make_batcher(forward: Any) -> MicroBatcher:
+        return MicroBatcher(
+            forward,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            queue_size=queue_size,
+            on_batch=metrics.observe_batch,
+            on_depth=lambda _depth: metrics.queue_depth.set(
+                sum(s.batcher.depth for s in catalog.all())
+            ),
+        )
+
+    catalog = Catalog(
+        loaded,
+        None if checkpoint_dir is None else Path(checkpoint_dir),
+        reference=reference,
+        make_batcher=make_batcher,
+        extra_info={"max_batch": max_batch},
     )
-    info = loaded.info() | {
-        "path": path.name,
-        **path.details,
-        "preprocessing": cfg,
-        "provenance": loaded.metadata.get("provenance"),
-        "max_batch": max_batch,
-    }
+    catalog.load_directory()
+    default = catalog.default
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        def warm_up() -> None:
-            with torch.inference_mode():
-                path.forward(torch.zeros(1, *cfg["input_size"]))
-
-        await run_in_threadpool(warm_up)
-        batcher.start()
-        log.info("ready", extra={"fields": {"extractor_id": loaded.id, "path": path.name}})
+        await run_in_threadpool(catalog.start)
+        ids = [s.id for s in catalog.all()]
+        log.info(
+            "ready",
+            extra={"fields": {"extractor_id": loaded.id, "path": default.path.name, "served": ids}},
+        )
+        for name, reason in catalog.refused.items():
+            log.warning("checkpoint refused", extra={"fields": {"file": name, "reason": reason}})
         try:
             yield
         finally:
-            await run_in_threadpool(batcher.stop)
+            await run_in_threadpool(catalog.stop)
 
     app = FastAPI(title="headhub extractor", version="1", lifespan=lifespan)
-    app.state.loaded, app.state.batcher, app.state.metrics = loaded, batcher, metrics
+    app.state.loaded, app.state.batcher, app.state.metrics = loaded, default.batcher, metrics
+    app.state.catalog = catalog
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=max_body,
@@ -120,14 +134,28 @@ def create_app(
     def busy(detail: str) -> JSONResponse:
         return refuse(503, "extractor_busy", "Extractor busy", detail, headers={"Retry-After": "1"})
 
+    async def find(extractor_id: str | None) -> Served | JSONResponse:
+        """The network asked for (loading a newly copied file off the event loop), or a 404/409."""
+        try:
+            return await run_in_threadpool(catalog.get, extractor_id)
+        except NotServed as exc:
+            if exc.mismatch:
+                return refuse(409, "checkpoint_id_mismatch", "Checkpoint mismatch", exc.reason)
+            return refuse(404, "extractor_not_served", "Extractor not served", exc.reason)
+
     @app.post(
         "/v1/features",
         response_class=Response,
         openapi_extra=_MULTIPART_SCHEMA,
         responses={200: {"content": {CONTENT_TYPE: {}}, "description": "wire-format features"}},
     )
-    async def features(request: Request) -> Response:
-        """Features of every `files` part, in order, as `application/x-headhub-features`."""
+    async def features(request: Request, extractor: str | None = None) -> Response:
+        """Features of every `files` part, in order, as `application/x-headhub-features`, from
+        the network `extractor` (an id; default: this process's default network)."""
+        served = await find(extractor)
+        if isinstance(served, JSONResponse):
+            return served
+        batcher, cfg = served.batcher, served.loaded.pretrained_cfg
         try:
             form = await request.form(max_files=max_files, max_fields=max_files)
         except HTTPException as exc:
@@ -163,13 +191,42 @@ def create_app(
             return busy(str(exc))
         except BatcherStopped as exc:
             return busy(str(exc))
-        body = encode_features(FeatureBatch(loaded.id, floats, pack_signs(floats)))
-        return Response(body, media_type=CONTENT_TYPE, headers={"X-Extractor-Id": loaded.id})
+        metrics.images_by_extractor.labels(extractor=served.id).inc(len(files))
+        body = encode_features(FeatureBatch(served.id, floats, pack_signs(floats)))
+        return Response(body, media_type=CONTENT_TYPE, headers={"X-Extractor-Id": served.id})
 
     @app.get("/v1/info")
     async def get_info() -> dict[str, Any]:
-        """The extractor's identity, shape and size (`GET /v1/extractor` in the public API)."""
-        return info
+        """The default extractor's identity, shape and size, and the ids of all served here."""
+        return default.info | {"extractors": [s.id for s in catalog.all()]}
+
+    @app.get("/v1/extractors")
+    async def list_extractors() -> dict[str, Any]:
+        """Every network this process serves (default first) and the files it refused."""
+        await run_in_threadpool(catalog.load_directory)
+        return {
+            "default": default.id,
+            "items": [s.info for s in catalog.all()],
+            "refused": [{"file": f, "reason": r} for f, r in sorted(catalog.refused.items())],
+        }
+
+    @app.get("/v1/extractors/{extractor_id}", response_model=None)
+    async def get_extractor(extractor_id: str) -> dict[str, Any] | JSONResponse:
+        """One served network's `/v1/info` document."""
+        served = await find(extractor_id)
+        return served if isinstance(served, JSONResponse) else served.info
+
+    @app.get("/v1/extractors/{extractor_id}/checkpoint", response_class=Response)
+    async def get_checkpoint(extractor_id: str) -> Response:
+        """The packed checkpoint file, byte for byte (its SHA-256 is the id)."""
+        served = await find(extractor_id)
+        if isinstance(served, JSONResponse):
+            return served
+        try:
+            data = await run_in_threadpool(catalog.checkpoint_bytes, served.id)
+        except (NotServed, OSError) as exc:
+            return refuse(409, "checkpoint_id_mismatch", "Checkpoint mismatch", str(exc))
+        return Response(data, media_type="application/octet-stream")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -179,8 +236,8 @@ def create_app(
     @app.get("/readyz", response_model=None)
     async def readyz() -> dict[str, str] | JSONResponse:
         """Readiness: the network is loaded and the inference thread accepts work."""
-        if not batcher.running:
-            return problem(503, "Not ready", "the inference thread is not running", "not_ready")
+        if not catalog.running:
+            return problem(503, "Not ready", "an inference thread is not running", "not_ready")
         return {"status": "ready", "extractor_id": loaded.id}
 
     @app.get("/metrics")
