@@ -20,7 +20,7 @@ from service.http.health import router as health_router
 from service.http.openapi import install_openapi
 from service.http.prometheus import REQUESTS_IN_FLIGHT, observe_request
 from service.http.prometheus import router as metrics_router
-from service.http.ratelimit import make_limiter
+from service.http.ratelimit import AddressLimitMiddleware, make_rate_limits
 from service.jobs.endpoints import router as jobs_router
 from service.marketplace.endpoints import router as marketplace_router
 from service.predict.endpoints import router as predict_router
@@ -72,10 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.blobs = make_blob_store(settings)
     install_error_handlers(app)
     install_openapi(app)  # shared failures (401, 403, 429, problem+json) on every route
-    app.state.rate_limiter = make_limiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.state.rate_limiter = make_rate_limits(settings)  # memory, or Redis with redis_url
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Outside the key check: per-address limits first, and 401s counted per address.
+    app.add_middleware(AddressLimitMiddleware, limits=app.state.rate_limiter)
     # Outermost: sees every response, the 413s of the body limit included.
     app.add_middleware(
         RequestContextMiddleware, observe=observe_request, in_flight=REQUESTS_IN_FLIGHT

@@ -47,7 +47,7 @@ def get_principal(
     request.state.principal = principal
     limiter = getattr(request.app.state, "rate_limiter", None)
     if limiter is not None:
-        limiter.check(principal.key_id)
+        limiter.check_principal(principal)  # the key's and its tenant's buckets
     return principal
 
 

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # redis://[:password@]host:6379/0 shares rate limits and cache invalidation between API
     # processes; empty: each process limits on its own.
     redis_url: str = ""
+    # Prefix of every Redis key and channel headhub uses (deployments sharing one Redis differ).
+    redis_prefix: str = "headhub:"
 
     # --- limits (docs/architecture.md, "Untrusted input" and "Tenancy and keys") ---
     max_body_bytes: int = 64 * 1024 * 1024
@@ -55,6 +57,24 @@ class Settings(BaseSettings):
     head_cache_bytes: int = 256 * 1024 * 1024
     # Burst size of the per-key token bucket (requests); default: rate_limit_per_minute.
     rate_limit_burst: int | None = None
+    # Every key of a tenant together (an owner can mint keys); 0 turns it off. Burst: = rate.
+    rate_limit_tenant_per_minute: int = 1200
+    rate_limit_tenant_burst: int | None = None
+    # Per client address, before authentication, on /v1 routes; 0 turns it off.
+    rate_limit_address_per_minute: int = 1200
+    rate_limit_address_burst: int | None = None
+    # Failed authentications (401) per client address; once spent, that address's requests are
+    # refused 429 before their key is looked at. 0 turns it off.
+    auth_failures_per_minute: int = 10
+    auth_failures_burst: int | None = None
+    # Cache of key lookups and head resolutions per API process, and how changes (suspend,
+    # visibility, alias, version delete, key revoke) reach other processes: "auto" is
+    # PostgreSQL LISTEN/NOTIFY on PostgreSQL, else Redis pub/sub with redis_url, else none.
+    cache_notify: Literal["auto", "postgres", "redis", "none"] = "auto"
+    # Without a notifier, entries live this long: the bound on staleness across processes.
+    cache_ttl_s: float = 2.0
+    # With a notifier: a backstop for a lost message (a publisher killed right after commit).
+    cache_notified_ttl_s: float = 60.0
 
     # --- operations (README, "Operations") ---
     log_level: str = "INFO"

@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.fixtures.slow_training",
     "tests.fixtures.extractor",
     "tests.fixtures.s3",
+    "tests.fixtures.redis",
 ]
 
 
@@ -60,6 +61,11 @@ def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Set
         "key_pepper": "test-pepper",
         "extractor_urls": [CLOSED_PORT_URL],
         "extractor_timeout_s": 2.0,
+        # Every TestClient request comes from one address ("testclient"), and suites send many
+        # and many 401s on purpose: the per-address limits have tests of their own
+        # (tests/http/test_ratelimit.py) and are off elsewhere.
+        "rate_limit_address_per_minute": 0,
+        "auth_failures_per_minute": 0,
     }
     return Settings(**(base | overrides))  # type: ignore[arg-type]
 
