@@ -152,6 +152,6 @@ def screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
     """Write `name`.png under the screenshots directory (gitignored; the best are in docs/)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.evaluate("document.getElementById('toast').classList.remove('shown')")
+    page.evaluate("document.getElementById('toast').hidden = true")  # the next toast shows it
     page.screenshot(path=str(path), full_page=full_page)
     return path

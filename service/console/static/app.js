@@ -68,6 +68,7 @@ export function navigate(hash) {
 function toast(message) {
   const el = document.getElementById("toast");
   el.textContent = message;
+  el.hidden = false;
   el.classList.add("shown");
   clearTimeout(toast.timer);
   toast.timer = setTimeout(() => el.classList.remove("shown"), 4000);

@@ -61,7 +61,7 @@ export async function sha256Hex(blob) {
 export function thumb(blob, alt, urls) {
   const url = URL.createObjectURL(blob);
   if (urls) urls.push(url);
-  const img = h("img", { src: url, alt, class: "thumb", loading: "lazy", width: "64", height: "64" });
+  const img = h("img", { src: url, alt, class: "thumb", width: "48", height: "48" });
   // A file the browser cannot decode (the server will reject it too) gets a placeholder.
   img.addEventListener("error", () => img.replaceWith(h("span", { class: "thumb broken", text: "no preview" })));
   return img;
