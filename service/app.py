@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from extractor.client import ExtractorClient
-from extractor.web.limits import BodySizeLimitMiddleware
 from extractor.web.requests import RequestContextMiddleware
 from service.console import router as console_router
 from service.datasets.endpoints import router as datasets_router
@@ -16,6 +15,7 @@ from service.db import make_engine, make_sessionmaker
 from service.errors import install_error_handlers
 from service.heads.endpoints import admin_router as admin_heads_router
 from service.heads.endpoints import router as heads_router
+from service.http.guard import BodyGuardMiddleware, SecurityHeadersMiddleware
 from service.http.health import router as health_router
 from service.http.openapi import install_openapi
 from service.http.prometheus import REQUESTS_IN_FLIGHT, observe_request
@@ -75,9 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = make_rate_limits(settings)  # memory, or Redis with redis_url
     for router in ROUTERS:
         app.include_router(router)
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # The key before the body, then the route's body limit (docs/threats.md).
+    app.add_middleware(BodyGuardMiddleware, settings=settings)
     # Outside the key check: per-address limits first, and 401s counted per address.
     app.add_middleware(AddressLimitMiddleware, limits=app.state.rate_limiter)
+    app.add_middleware(SecurityHeadersMiddleware)
     # Outermost: sees every response, the 413s of the body limit included.
     app.add_middleware(
         RequestContextMiddleware, observe=observe_request, in_flight=REQUESTS_IN_FLIGHT

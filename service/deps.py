@@ -40,6 +40,9 @@ def get_principal(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
+    checked = getattr(request.state, "principal", None)
+    if checked is not None:  # checked before the body was read (principal_before_body)
+        return checked  # type: ignore[no-any-return]
     admin = settings.admin_key.get_secret_value() if settings.admin_key else None
     principal = authenticate(
         session, authorization, pepper=request.app.state.pepper, admin_key=admin
@@ -52,6 +55,15 @@ def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def principal_before_body(request: Request) -> Principal:
+    """`get_principal`, in a short transaction of its own, for a request whose body has not been
+    read yet (`service.http.guard.BodyGuardMiddleware`); it leaves the principal in the request
+    state, where `get_principal` finds it again for the endpoint."""
+    state = request.app.state
+    with session_scope(state.sessionmaker) as session:
+        return get_principal(request, session, state.settings, request.headers.get("authorization"))
 
 
 def _admin(p: PrincipalDep) -> Principal:

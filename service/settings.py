@@ -99,6 +99,40 @@ class Settings(BaseSettings):
     # Intra-op threads per training job; concurrency, not threads, is what scales heads.
     worker_torch_threads: int = 1
 
+    # --- bounded work per tenant (docs/threats.md) ---
+    # Bodies: a request that carries one is authenticated before a byte of it is read, then held
+    # to its route's limit: `max_body_bytes` on the upload routes (dataset images, predict),
+    # `max_features_body_bytes` on POST /v1/predict/features, `max_json_body_bytes` elsewhere.
+    max_json_body_bytes: int = 64 * 1024
+    max_features_body_bytes: int = 4 * 1024 * 1024
+    # Declared pixels of all images of one predict request together (the extractor process reads
+    # the same variable): 256 files of 40 Mpx would be 10 Gpx of decoding.
+    max_request_pixels: int = 250_000_000
+    # Images decoded at once by one extractor process (read there from the same variable);
+    # images waiting for a decoder count towards its queue, so a full queue answers 503 early.
+    extractor_decode_concurrency: int = 2
+    # A timed-out feature call is sent to another replica only if it held at most this many
+    # images: a large batch that timed out would only time out again, on every replica.
+    extractor_retry_max_images: int = 4
+    # Bytes of one image (a `files` part, an archive entry, a predicted image).
+    max_image_bytes: int = 32 * 1024 * 1024
+    # Stored image bytes per tenant, all datasets together (duplicates within a dataset are free).
+    max_bytes_per_tenant: int = 20 * 1024**3
+    # Distinct labels per dataset, and so per job (metrics hold a labels x labels matrix).
+    max_labels_per_dataset: int = 1000
+    # Objects per tenant.
+    max_datasets_per_tenant: int = 1000
+    max_heads_per_tenant: int = 1000
+    max_keys_per_tenant: int = 100  # keys not revoked
+    max_aliases_per_tenant: int = 1000
+    # Wall clock of one training attempt; past it the job fails `job_timeout`, not retried.
+    job_max_runtime_s: float = 3600.0
+    # Largest `epochs` a job may ask for (the trainer's own bound is 100,000).
+    job_max_epochs: int = 5000
+    # Unauthenticated probes (/readyz, /metrics) reuse their database and extractor answers
+    # this long, so hammering them costs no queries.
+    probe_cache_s: float = 2.0
+
     @field_validator("extractor_urls", mode="before")
     @classmethod
     def _split_urls(cls, v: object) -> object:
@@ -129,12 +163,32 @@ class Settings(BaseSettings):
         if not path.exists():
             import secrets
 
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
-            tmp.replace(path)
+            create_secret_file(path, secrets.token_hex(32))
         return path.read_text().strip().encode()
+
+
+def create_secret_file(path: Path, text: str) -> None:
+    """Write `text` to `path` as a file that is mode 0600 from its first byte (never readable by
+    others, not even for a moment), whole or not at all. A file already there, another process
+    having won the race, is kept: every process ends up with the same secret."""
+    import contextlib
+    import os
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # atomic, and never replaces a secret another process wrote first
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 @lru_cache
