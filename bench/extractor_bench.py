@@ -35,9 +35,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from extractor.checkpoint import DEFAULT_CHECKPOINT, fold_real_batch_norms, load_checkpoint
+from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from extractor.inference import keep_freed_memory, select_path
-from extractor.models import create_model, set_binarize
+from extractor.layers import fold_real_batch_norms, set_binarize
+from extractor.models import create_model
 
 BATCHES = (1, 8, 32)
 TEACHER = "float teacher (EfficientNet-Lite0, 224 px)"

@@ -325,8 +325,9 @@ def packed_alexnet_section(threads: int, reps: int) -> list[str]:
     packs its input), and the float reference, at batch 1 and 32, and per layer at batch 32."""
     import tempfile
 
-    from extractor.calibration import calibrate_bn, normalize, procedural_images
+    from extractor.calibration import calibrate_bn, procedural_images
     from extractor.checkpoint import save_checkpoint
+    from extractor.imaging import normalize
     from extractor.layers import set_binarize
     from extractor.models import create_model
 

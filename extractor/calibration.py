@@ -1,20 +1,27 @@
-"""Batch-norm calibration on procedural images.
+"""Batch-norm calibration on procedural images, and the random-init extractor built with it.
 
 A randomly initialised binary network has BN running statistics of (0, 1), far from what its
 layers really produce; recomputing them on a few synthetic images makes the features of a
 random-init stand-in non-degenerate, and is also useful after changing the training schedule.
+`write_random_init` (`headhub extractor random-init`) packs such a stand-in: an extractor to serve
+where no distilled checkpoint exists yet.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["calibrate_bn", "normalize", "procedural_images"]
+from extractor.checkpoint import save_checkpoint
+from extractor.imaging import normalize
+from extractor.models import DEFAULT_ARCH, create_model
+
+__all__ = ["calibrate_bn", "procedural_images", "write_random_init"]
 
 
 def procedural_images(n: int, size: int, seed: int = 0) -> Tensor:
@@ -35,13 +42,6 @@ def procedural_images(n: int, size: int, seed: int = 0) -> Tensor:
     return img.clamp_(0.0, 1.0)
 
 
-def normalize(images: Tensor, pretrained_cfg: dict[str, Any]) -> Tensor:
-    """[0, 1] RGB -> network input with the model's mean/std."""
-    mean = torch.tensor(pretrained_cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(pretrained_cfg["std"]).view(1, 3, 1, 1)
-    return (images - mean) / std
-
-
 @torch.no_grad()
 def calibrate_bn(model: nn.Module, inputs: Tensor, batch_size: int = 32) -> None:
     """Replace every BN's running mean/var by their average over `inputs`; leaves model in eval."""
@@ -58,3 +58,27 @@ def calibrate_bn(model: nn.Module, inputs: Tensor, batch_size: int = 32) -> None
         for bn, mom in zip(bns, momenta, strict=True):
             bn.momentum = mom
         model.eval()
+
+
+def write_random_init(path: str | Path, seed: int = 0) -> str:
+    """Write the random-init stand-in: seeded weights, BN calibrated on procedural images.
+
+    Deterministic (no date in the provenance), so the same code and seed give the same id.
+    """
+    torch.manual_seed(seed)
+    model: Any = create_model(DEFAULT_ARCH)
+    size = model.pretrained_cfg["input_size"][-1]
+    n_images = 128
+    calibrate_bn(model, normalize(procedural_images(n_images, size, seed), model.pretrained_cfg))
+    provenance = {
+        "kind": "random-init",
+        "note": "RANDOM-INIT STAND-IN, not trained: seeded random weights, BN statistics "
+        "calibrated on procedural images; replace with a distilled checkpoint",
+        "seed": seed,
+        "teacher": None,
+        "corpus": f"{n_images} procedural images (BN calibration only)",
+        "steps": 0,
+        "command": f"headhub extractor random-init --seed {seed}",
+        "date": None,
+    }
+    return save_checkpoint(model, path, provenance)

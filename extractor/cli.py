@@ -1,7 +1,12 @@
-"""`headhub extractor ...` commands (mounted by service/cli.py)."""
+"""`headhub extractor ...`: every command of the extractor (mounted by service/commands/cli.py).
+
+serve; checkpoints: inspect, restamp, repool, random-init; distillation: targets, train, report.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -9,6 +14,16 @@ import typer
 from extractor.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
 
 app = typer.Typer(no_args_is_help=True, help="The shared binary feature extractor.")
+
+
+@contextmanager
+def _exit_on(*errors: type[Exception]) -> Iterator[None]:
+    """An expected error becomes one line on stderr and exit status 1, not a traceback."""
+    try:
+        yield
+    except errors as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
 
 
 def _mb(n: int) -> str:
@@ -20,11 +35,8 @@ def inspect(
     path: Path = typer.Argument(DEFAULT_CHECKPOINT, help="checkpoint (.safetensors)"),
 ) -> None:
     """Print a checkpoint's id, architecture, parameter counts and packed vs float32 size."""
-    try:
+    with _exit_on(CheckpointError):
         ext = load_checkpoint(path)
-    except CheckpointError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
     info = ext.info()
     prov = ext.metadata.get("provenance", {})
     rows = [
@@ -73,15 +85,15 @@ def serve(
     import uvicorn
 
     from extractor.inference import keep_freed_memory
-    from extractor.metrics import configure_json_logging
     from extractor.server import create_app
+    from extractor.web.logs import configure_logging
 
-    log_config = configure_json_logging()
+    configure_logging("extractor", fmt="json")
     keep_freed_memory()  # no page faults on every batch's activations
     # One inference thread; parallelism is intra-op. Raises if torch already ran parallel work.
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    try:
+    with _exit_on(CheckpointError):
         app_ = create_app(
             checkpoint or DEFAULT_CHECKPOINT,
             reference=reference,
@@ -90,10 +102,8 @@ def serve(
             queue_size=queue_size,
             threads=threads,
         )
-    except CheckpointError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
-    uvicorn.run(app_, host=host, port=port, log_config=log_config, access_log=False)
+    # log_config=None: uvicorn's loggers write through the JSON handler like every other logger
+    uvicorn.run(app_, host=host, port=port, log_config=None, access_log=False)
 
 
 @app.command()
@@ -118,11 +128,8 @@ def targets(
         views=views, teacher_size=teacher_size, store_side=store_side, seed=seed,
         threads=threads, corpus=CorpusConfig(side=teacher_size, procedural_train=procedural),
     )  # fmt: skip
-    try:
+    with _exit_on(ValueError):
         store = build_targets(cfg, out, device=device, echo=typer.echo)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
     typer.echo(f"target store {out}: {len(store)} views, complete={store.complete}")
 
 
@@ -190,7 +197,7 @@ def train(
     from extractor.distill.corpus import CorpusConfig
     from extractor.distill.train import DistillError, TrainConfig, Trainer, command_line
 
-    try:
+    with _exit_on(DistillError, CheckpointError):
         if export is not None:
             trainer = Trainer.resume(export, device="cpu", threads=threads)
             target = checkpoint or export / "extractor.safetensors"
@@ -226,9 +233,6 @@ def train(
         trainer.run()
         target = checkpoint or out / "extractor.safetensors"
         typer.echo(f"exported {target}: id {trainer.export(target, feature_grid, pool)}")
-    except (DistillError, CheckpointError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
 
 
 @app.command()
@@ -244,24 +248,61 @@ def repool(
     The feature-centring batch norm is refitted on views of the distillation corpus's training
     images (never the transfer benchmark's test images).
     """
-    from extractor.checkpoint import repool as repool_checkpoint
+    from extractor.conversions import repool as repool_checkpoint
     from extractor.distill.corpus import CorpusConfig, build_corpus
     from extractor.distill.train import calibration_views
     from extractor.models.birealnet import POOLS
 
     if pool is not None and pool not in POOLS:  # before minutes of corpus building
         raise typer.BadParameter(f"one of {', '.join(POOLS)}", param_hint="--pool")
-    try:
+    with _exit_on(CheckpointError):
         pretrained_cfg = load_checkpoint(checkpoint).pretrained_cfg
         views = calibration_views(build_corpus(CorpusConfig()), pretrained_cfg)
         ident = repool_checkpoint(
             checkpoint, out, views, note, pool=pool, feature_grid=feature_grid
         )
-    except CheckpointError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
     typer.echo(f"wrote {out}: id {ident}")
 
 
-if __name__ == "__main__":
-    app()
+@app.command()
+def restamp(
+    checkpoint: Path = typer.Argument(..., help="checkpoint (.safetensors)"),
+    out: Path = typer.Option(..., help="where the restamped checkpoint goes (may be CHECKPOINT)"),
+    note: str = typer.Option(..., help="why (kept in the provenance's changes)"),
+) -> None:
+    """Give a checkpoint the preprocessing its architecture's code now declares.
+
+    The weights stay byte for byte; the old preprocessing, the parent id and the note go into the
+    provenance's changes.
+    """
+    from extractor.conversions import restamp_preprocessing
+
+    with _exit_on(CheckpointError, OSError):
+        ident = restamp_preprocessing(checkpoint, out, note)
+    typer.echo(f"wrote {out}: id {ident}")
+
+
+@app.command()
+def random_init(
+    out: Path = typer.Option(..., help="where the checkpoint goes"),
+    seed: int = typer.Option(0, help="seed of the weights and of the calibration images"),
+) -> None:
+    """Write an untrained stand-in extractor: seeded weights, BN calibrated on procedural images.
+
+    Deterministic: the same code and seed give the same id.
+    """
+    from extractor.calibration import write_random_init
+
+    typer.echo(f"wrote {out}: id {write_random_init(out, seed)}")
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="distillation run directory (holds metrics.jsonl)"),
+) -> None:
+    """Print a distillation run's training and evaluation curves as Markdown tables."""
+    from extractor.distill.report import curves_markdown, load_metrics
+
+    with _exit_on(OSError):
+        records = load_metrics(run)
+    typer.echo(curves_markdown(records))

@@ -23,6 +23,7 @@ __all__ = [
     "ImageRejected",
     "decode_image",
     "load_tensor",
+    "normalize",
     "preprocess",
     "preprocess_batch",
 ]
@@ -190,10 +191,18 @@ def preprocess(img: Image.Image, pretrained_cfg: dict[str, Any]) -> torch.Tensor
     left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
     img = img.crop((left, top, left + out_w, top + out_h))
     arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
-    mean = np.asarray(pretrained_cfg["mean"], dtype=np.float32)
-    std = np.asarray(pretrained_cfg["std"], dtype=np.float32)
-    arr = (arr - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return normalize(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), pretrained_cfg)
+
+
+def normalize(images: torch.Tensor, pretrained_cfg: dict[str, Any]) -> torch.Tensor:
+    """RGB in [0, 1], channels first ((3, H, W) or (B, 3, H, W)) -> network input.
+
+    Per channel `(x - mean) / std` with the architecture's `pretrained_cfg`; the one place that
+    does it, for served images (`preprocess`), distillation views and BN calibration alike.
+    """
+    mean = torch.tensor(pretrained_cfg["mean"], device=images.device).view(-1, 1, 1)
+    std = torch.tensor(pretrained_cfg["std"], device=images.device).view(-1, 1, 1)
+    return (images - mean) / std
 
 
 def load_tensor(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 from extractor.quantizers import sign, sign_ste, weight_scale
 
@@ -34,6 +35,8 @@ __all__ = [
     "LearnableBias",
     "SignActivation",
     "affine",
+    "binary_units",
+    "fold_real_batch_norms",
     "is_fully_binary",
     "set_binarize",
 ]
@@ -332,3 +335,23 @@ def is_fully_binary(model: nn.Module) -> bool:
         if isinstance(m, BinaryConv2d | BinaryLinear) and not m.binarize_weights:
             return False
     return True
+
+
+def binary_units(model: nn.Module) -> dict[str, BinaryUnitBN]:
+    """Every binary unit of `model` (training form) by its module path."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, BinaryUnitBN)}
+
+
+def fold_real_batch_norms(model: nn.Module) -> None:
+    """Fold every eval-mode BatchNorm2d that directly follows a real Conv2d into the conv.
+
+    One op instead of two in the inference network, for the float reference and the fast path
+    alike (both run these real convs through the same torch op, so they stay bit-identical to each
+    other). The folded network equals the trained one up to float rounding.
+    """
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in reversed(range(len(seq) - 1)):  # back to front: deleting re-numbers the rest
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(conv, bn)
+                del seq[i + 1]

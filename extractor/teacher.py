@@ -130,8 +130,9 @@ def teacher_weights_path() -> Path:
 
 def fold_batchnorm(model: EfficientNetLite0) -> EfficientNetLite0:
     """A frozen copy with every batch norm folded into the conv before it (bias added, BN made
-    an identity): the same function to float rounding, 1.6-1.9x faster on a CPU, where the
-    unfolded BNs took 40% of the forward at 224 px. For inference only; the state dict changes."""
+    an identity): the same function to float rounding, faster on a CPU, where the unfolded BNs
+    are a large share of the forward (docs/distillation.md, "`runs/distill-v4`"; docs/kernels.md,
+    "Performance"). For inference only; the state dict changes."""
     model = copy.deepcopy(model).eval()
     pairs: list[tuple[nn.Module, str, str]] = [
         (model, "_conv_stem", "_bn0"),

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from extractor.distill.corpus import Source
+from extractor.imaging import normalize
 
 __all__ = ["full_views", "mix", "sample_views", "student_input"]
 
@@ -116,6 +117,4 @@ def student_input(x: Tensor, pretrained_cfg: dict) -> Tensor:
     side = int(pretrained_cfg["input_size"][-1])
     if x.shape[-1] != side:
         x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
-    mean = torch.tensor(pretrained_cfg["mean"], device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(pretrained_cfg["std"], device=x.device).view(1, 3, 1, 1)
-    return (x / 255.0 - mean) / std
+    return normalize(x / 255.0, pretrained_cfg)

@@ -2,7 +2,8 @@
 
 A packed checkpoint keeps only the signs of the binary weights; continuing from it (`--init`)
 restarts the latent weights from random magnitudes. `state.pt` keeps everything, but with the
-optimizer moments in float32 it is ~100 MB and lives in an ignored run directory. This file is
+optimizer moments in float32 it is too large to commit and lives in an ignored run directory
+(docs/distillation.md, "Running it"). This file is
 the middle: every tensor of the student and the feature projection in float16 (latent weights,
 thresholds, BN statistics, the 1000-way head), plus the run's config, step, images seen,
 training time and history in the safetensors metadata. `Trainer.from_latent` rebuilds the run at

@@ -1,9 +1,8 @@
-"""Markdown curves from a run's `metrics.jsonl`: `python -m extractor.distill.report runs/NAME`."""
+"""Markdown curves from a run's `metrics.jsonl`: `headhub extractor report runs/NAME`."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,3 @@ def curves_markdown(records: list[dict[str, Any]], rows: int = 12) -> str:
             f"| {r['step']} | {r['minutes']:.1f} | {r['agree']:.3f} | {r['cos']:.3f} | {per} |"
         )
     return "\n".join(out)
-
-
-if __name__ == "__main__":
-    print(curves_markdown(load_metrics(Path(sys.argv[1]))))

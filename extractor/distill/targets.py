@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -97,7 +97,7 @@ class TargetStore:
         self.config = TargetConfig.from_json(self.meta["config"])
         self.size = int(self.meta["size"])
         s = self.config.store_side
-        mode = "r+" if not self.complete else "r"
+        mode: Literal["r+", "r"] = "r+" if not self.complete else "r"
         self.views = np.memmap(self.root / "views.u8", np.uint8, mode, shape=(self.size, 3, s, s))
         self.logits = np.memmap(self.root / "logits.f16", np.float16, mode, shape=(self.size, 1000))
         self.feats = np.memmap(

@@ -34,16 +34,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from extractor.checkpoint import checkpoint_provenance, save_checkpoint
+from extractor.conversions import repool
 from extractor.distill.augment import full_views, mix, sample_views, student_input
 from extractor.distill.corpus import Corpus, CorpusConfig, build_corpus
 from extractor.distill.latent import LATENT_SUFFIX, load_latent, save_latent
 from extractor.distill.targets import TargetStore
+from extractor.distill.warmstart import load_trainable
 from extractor.layers import set_binarize
 from extractor.models import DEFAULT_ARCH, create_model
 from extractor.quantizers import clip_latent_weights_
 from extractor.teacher import TEACHER_NAME, EfficientNetLite0, load_teacher, normalize_uint8
 
-__all__ = ["DistillError", "TrainConfig", "Trainer", "export_run", "lr_at"]
+__all__ = ["DistillError", "TrainConfig", "Trainer", "lr_at"]
 
 STATE_FILE = "state.pt"
 REPOOL_VIEWS = 2048  # corpus views that refit `feature_norm` when export changes the pooling
@@ -80,7 +83,7 @@ class TrainConfig:
     log_seconds: float = 30.0
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     command: str = ""
-    init: str | None = None  # warm start from this packed checkpoint (checkpoint.load_trainable)
+    init: str | None = None  # warm start from this packed checkpoint (distill.warmstart)
     targets: str | None = None  # a target store (targets.py): fixed views, no teacher per step
 
     def to_json(self) -> dict[str, Any]:
@@ -137,7 +140,8 @@ class Trainer:
         torch.set_num_threads(cfg.threads)
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)
-        # channels-last: about 1.3x faster convolutions on CPU (the probe: 449 vs 355 img/s)
+        # channels-last: faster convolutions on CPU (docs/distillation.md, "Views, loss and
+        # schedule")
         # Any: the registry returns nn.Module; the model contract (docs/contracts.md) adds
         # forward_features/forward_head/feature_dim/pretrained_cfg, which nn.Module cannot type.
         student: Any = create_model(cfg.arch, **cfg.arch_overrides)
@@ -439,8 +443,6 @@ class Trainer:
     def _warm_start(self, path: Path) -> None:
         """Continue from a packed checkpoint: its signs, affines and real layers (BN statistics
         measured on corpus views); the head and the feature projection start afresh."""
-        from extractor.checkpoint import load_trainable
-
         gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         views = sample_views(self.corpus.train, 256, self.cfg.teacher_size, gen)
         x = student_input(views, self.student.pretrained_cfg).to(self.device)
@@ -497,8 +499,6 @@ class Trainer:
         """Where a warm-started run began: the initial checkpoint's id and its own provenance."""
         if not self.cfg.init:
             return {}
-        from extractor.checkpoint import checkpoint_provenance
-
         ident, before = checkpoint_provenance(Path(self.cfg.init))
         keep = ("steps", "images_seen", "minutes", "command", "date", "init")
         return {"init": {"id": ident, **{k: before[k] for k in keep if k in before}}}
@@ -508,10 +508,8 @@ class Trainer:
 
         Distillation trains on globally averaged features (the teacher's are too); pooling has
         no parameters, so the trained network can serve another grid or pooling, with its
-        feature-centring BN refitted on corpus views (`extractor.checkpoint.repool`).
+        feature-centring BN refitted on corpus views (`extractor.conversions.repool`).
         """
-        from extractor.checkpoint import repool, save_checkpoint
-
         if self.in_stage1():
             raise DistillError(
                 f"step {self.step} is still in stage 1; export needs a fully binary net"
@@ -534,14 +532,6 @@ def calibration_views(
     """REPOOL_VIEWS random corpus training views, preprocessed for the student."""
     gen = torch.Generator().manual_seed(seed)
     return student_input(sample_views(corpus.train, REPOOL_VIEWS, side, gen), pretrained_cfg)
-
-
-def export_run(
-    out: Path, path: Path, feature_grid: int | None = None, pool: str | None = None
-) -> str:
-    """Pack the student stored in run dir `out` into an extractor checkpoint at `path`."""
-    trainer = Trainer.resume(out)
-    return trainer.export(path, feature_grid, pool)
 
 
 def command_line() -> str:

@@ -1,6 +1,5 @@
 """Registry of extractor architectures: `create_model(name, **config_overrides)`."""
 
-from extractor.layers import set_binarize
 from extractor.models import alexnet as _alexnet  # noqa: F401  (registers binary_alexnet)
 from extractor.models import birealnet as _birealnet  # noqa: F401  (registers birealnet_112)
 from extractor.models._registry import (
@@ -20,5 +19,4 @@ __all__ = [
     "list_models",
     "make_pretrained_cfg",
     "register_model",
-    "set_binarize",
 ]

@@ -36,7 +36,9 @@ POOLS = ("avg", "avgmax")
 
 @dataclass
 class BiRealConfig:
-    input_size: int = 112  # square input side; 112 keeps a 2-core CPU near 450 img/s (float path)
+    # square input side: small to stay fast on 2 cores (docs/distillation.md, "What transfer
+    # says"; speed in bench/results/extractor.md)
+    input_size: int = 112
     stem_width: int = 32  # real 3x3 stride-2 stem
     widths: tuple[int, ...] = (64, 128, 256, 512)  # one stage per width (last: features)
     depths: tuple[int, ...] = (2, 2, 2, 2)  # Bi-Real blocks per stage
@@ -88,9 +90,9 @@ class BiRealNet(nn.Module):
         super().__init__()
         self.config = config
         self.arch = "birealnet_112"
-        # The whole image, not timm's 87.5% centre: distillation shows the student crops of up to
-        # the whole image and validates on whole images; on the transfer test sets the centre
-        # crop cost 1.5 +- 0.9 points of clip-art top-1 (docs/distillation.md, "Preprocessing").
+        # The whole image, not timm's centre crop: distillation shows the student crops of up to
+        # the whole image and validates on whole images, and the centre crop lost clip-art
+        # accuracy in transfer (docs/distillation.md, "Preprocessing").
         self.pretrained_cfg = make_pretrained_cfg(config.input_size, crop_pct=1.0)
         c = config.stem_width
         self.stem = nn.Sequential(

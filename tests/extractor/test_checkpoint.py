@@ -16,11 +16,10 @@ from extractor.checkpoint import (
     DEFAULT_CHECKPOINT,
     CheckpointError,
     load_checkpoint,
-    repool,
-    restamp_preprocessing,
     save_checkpoint,
 )
 from extractor.cli import app
+from extractor.conversions import repool, restamp_preprocessing
 from extractor.layers import BinaryUnitBN, FoldedBinaryLayer, set_binarize
 from extractor.models import DEFAULT_ARCH, create_model
 from extractor.packing import pack_signs, packed_width

@@ -42,6 +42,7 @@ def _tiny_corpus(tmp: Path, **kw: object) -> CorpusConfig:
         cache_dir=tmp / "cache",
         clipart_root=None,
         fashion_root=None,
+        wallpaper_roots=(),
         photos=False,
         workers=1,
     )

@@ -1,20 +1,14 @@
-"""Prometheus metrics of the extractor process, and the logging setup of `headhub extractor serve`.
+"""Prometheus metrics of the extractor process (the API's are `service/http/prometheus.py`).
 
 Each app gets its own `CollectorRegistry` so several apps (tests, replicas in one process) never
-collide on metric names. Logs are the JSON lines every headhub process writes
-(`extractor.web.logs`).
+collide on metric names.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from extractor.web.logs import configure_logging
-
-__all__ = ["ExtractorMetrics", "configure_json_logging"]
+__all__ = ["ExtractorMetrics"]
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -70,10 +64,3 @@ class ExtractorMetrics:
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.request_seconds.labels(path=route, status=str(status)).observe(seconds)
-
-
-def configure_json_logging(level: int = logging.INFO) -> dict[str, Any] | None:
-    """JSON log lines for `headhub extractor serve`; returns uvicorn's `log_config`: None, since
-    uvicorn's loggers then write through the root handler like every other logger."""
-    configure_logging("extractor", level=logging.getLevelName(level), fmt="json")
-    return None
