@@ -17,6 +17,7 @@ from service.heads.endpoints import admin_router as admin_heads_router
 from service.heads.endpoints import router as heads_router
 from service.http.guard import BodyGuardMiddleware, SecurityHeadersMiddleware
 from service.http.health import router as health_router
+from service.http.invalidation import Listener, LookupCache, bind_sessionmaker, notifier_kind
 from service.http.openapi import install_openapi
 from service.http.prometheus import REQUESTS_IN_FLIGHT, observe_request
 from service.http.prometheus import router as metrics_router
@@ -52,12 +53,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = make_engine(settings.database_url)
         app.state.sessionmaker = make_sessionmaker(app.state.engine)
+        # Key and head-resolution cache, cleared by changes in any process (PostgreSQL NOTIFY or
+        # Redis pub/sub), else entries live cache_ttl_s (docs/architecture.md).
+        app.state.lookups = LookupCache(
+            ttl_s=settings.cache_ttl_s,
+            notified_ttl_s=settings.cache_notified_ttl_s,
+            notified=notifier_kind(settings) != "none",
+        )
+        bind_sessionmaker(app.state.sessionmaker, settings, app.state.lookups)
+        app.state.invalidation_listener = Listener(app.state.lookups, settings).start()
         app.state.extractor = ExtractorClient(
             settings.extractor_urls, timeout=settings.extractor_timeout_s
         )
         try:
             yield
         finally:
+            app.state.invalidation_listener.stop()
             await app.state.extractor.aclose()
             app.state.engine.dispose()
 

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy.orm import Session
@@ -63,18 +63,40 @@ def authenticate(
     if parsed is None:
         raise Unauthorized()
     key_id, secret = parsed
+    from service.http.invalidation import cache_of
     from service.tenants.repository import get_key_with_tenant
 
+    # A good key seen lately, from the process's cache (dropped on revocation: see
+    # service/http/invalidation.py); stale once its last-use stamp needs writing again.
+    cache = cache_of(session)
+    now = utcnow()
+    hit: _CachedKey | None = cache.get(("key", key_id)) if cache is not None else None
+    if hit is not None and now - hit.last_used_at <= LAST_USED_RESOLUTION:
+        if not hmac.compare_digest(hash_secret(secret, pepper), hit.secret_hash):
+            raise Unauthorized()
+        return hit.principal
+    token = cache.token() if cache is not None else 0
     found = get_key_with_tenant(session, key_id)
     expected = found[0].secret_hash if found else hash_secret("x", pepper)  # equal work either way
     ok = hmac.compare_digest(hash_secret(secret, pepper), expected)
     if not found or not ok or found[0].revoked_at is not None:
         raise Unauthorized()
     key, tenant = found
-    now = utcnow()
     if key.last_used_at is None or now - as_utc(key.last_used_at) > LAST_USED_RESOLUTION:
         key.last_used_at = now
-    return Principal(key_id=key.id, scope=key.scope, tenant_id=tenant.id, tenant_name=tenant.name)  # type: ignore[arg-type]
+    scope: Scope = key.scope  # type: ignore[assignment]
+    principal = Principal(key_id=key.id, scope=scope, tenant_id=tenant.id, tenant_name=tenant.name)
+    if cache is not None:
+        stamp = as_utc(key.last_used_at)
+        cache.put(("key", key_id), _CachedKey(principal, key.secret_hash, stamp), token)
+    return principal
+
+
+@dataclass(frozen=True)
+class _CachedKey:
+    principal: Principal
+    secret_hash: str
+    last_used_at: datetime
 
 
 def require_scope(principal: Principal, *allowed: Scope) -> Principal:

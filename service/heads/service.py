@@ -217,6 +217,35 @@ def resolve(session: Session, principal: Principal, ref: HeadRef) -> ResolvedHea
     return ResolvedHead(head=head, owner=owner, version=version)
 
 
+@dataclass(frozen=True)
+class ResolvedVersion:
+    """A resolution as plain values, safe to keep beyond its session (the lookup cache)."""
+
+    head_id: str
+    ref: str  # owner/name:version
+    id: str  # the version's id: the head-weight cache's key
+    blob_key: str
+
+
+def resolve_for_use(session: Session, principal: Principal, ref: HeadRef) -> ResolvedVersion:
+    """`resolve`, through the API process's lookup cache when the session carries one: entries
+    are dropped when a head, alias, version or key changes in any process (refusals are never
+    cached), see service/http/invalidation.py."""
+    from service.http.invalidation import cache_of
+
+    cache = cache_of(session)
+    key = ("ref", principal.tenant_id, principal.scope, principal.tenant_name, str(ref))
+    hit: ResolvedVersion | None = cache.get(key) if cache is not None else None
+    if hit is not None:
+        return hit
+    token = cache.token() if cache is not None else 0
+    r = resolve(session, principal, ref)
+    found = ResolvedVersion(r.head.id, r.ref, r.version.id, r.version.blob_key)
+    if cache is not None:
+        cache.put(key, found, token)
+    return found
+
+
 def invalid_ref(exc: InvalidHeadRef) -> Unprocessable:
     return Unprocessable(str(exc), code="invalid_head_ref")
 
@@ -291,7 +320,9 @@ def _delete_blob_after_commit(session: Session, blobs: BlobStore, key: str) -> N
     event.listen(session, "after_commit", _committed, once=True)
 
 
-def load_head(blobs: BlobStore, cache: HeadCache, version: HeadVersion) -> HeadFile:
+def load_head(
+    blobs: BlobStore, cache: HeadCache, version: HeadVersion | ResolvedVersion
+) -> HeadFile:
     """The decoded head for a version: from the LRU, else from the blob store."""
 
     def load() -> HeadFile:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
 from service.errors import HeadhubError
+from service.http.invalidation import bind_sessionmaker
 from service.jobs import repository as repo
 from service.jobs.runtime import ClaimedJob, JobHeartbeat, LeaseLost
 from service.jobs.service import backoff_s
@@ -68,6 +69,9 @@ class Worker:
         self.factory = session_factory or make_sessionmaker(make_engine(settings.database_url))
         self.extractor = extractor
         self.blobs = blobs or make_blob_store(settings)
+        # A version registered here reaches the API processes' lookup caches (Redis publishing;
+        # on PostgreSQL every process NOTIFYs): service/http/invalidation.py.
+        bind_sessionmaker(self.factory, settings)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()  # no new claims
         self.handback = threading.Event()  # running jobs give their lease back now

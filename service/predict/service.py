@@ -51,8 +51,8 @@ def plan(
         raise heads.invalid_ref(exc) from exc
     planned: list[PlannedHead] = []
     for ref in refs:
-        resolved = heads.resolve(session, principal, ref)
-        head_file = heads.load_head(blobs, cache, resolved.version)
+        resolved = heads.resolve_for_use(session, principal, ref)
+        head_file = heads.load_head(blobs, cache, resolved)
         if all(p.ref != resolved.ref for p in planned):
             planned.append(PlannedHead(resolved.head.id, resolved.ref, head_file))
     return planned
