@@ -121,6 +121,14 @@ def test_restamp_changes_only_the_preprocessing_and_records_it(tmp_path: Path) -
         assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in names)
     with pytest.raises(CheckpointError, match="already"):
         restamp_preprocessing(out, tmp_path / "again.safetensors", note="")
+    # `headhub extractor restamp` writes the same file; a current checkpoint is an error line
+    cli_out = tmp_path / "cli.safetensors"
+    result = CliRunner().invoke(app, ["restamp", str(src), "--out", str(cli_out), "--note", "why"])
+    assert result.exit_code == 0 and f"id {new_id}" in result.output
+    assert cli_out.read_bytes() == out.read_bytes()
+    again = ["restamp", str(out), "--out", str(tmp_path / "x"), "--note", ""]
+    result = CliRunner().invoke(app, again)
+    assert result.exit_code == 1 and "already" in result.output
 
 
 def test_repool_keeps_the_network_and_refits_only_the_feature_norm(tmp_path: Path) -> None:
@@ -201,6 +209,19 @@ def test_load_rejects_garbage_and_missing_files(tmp_path: Path) -> None:
         load_checkpoint(bad)
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "absent.safetensors")
+
+
+def test_random_init_command_writes_a_labelled_deterministic_stand_in(tmp_path: Path) -> None:
+    from extractor.calibration import write_random_init
+
+    out = tmp_path / "random.safetensors"
+    result = CliRunner().invoke(app, ["random-init", "--out", str(out), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    loaded = load_checkpoint(out)
+    assert f"id {loaded.id}" in result.output and loaded.arch == DEFAULT_ARCH
+    prov = loaded.metadata["provenance"]
+    assert prov["kind"] == "random-init" and "STAND-IN" in prov["note"] and prov["seed"] == 3
+    assert write_random_init(tmp_path / "again.safetensors", seed=3) == loaded.id
 
 
 def test_default_checkpoint_is_a_labelled_small_checkpoint_of_the_default_arch() -> None:

@@ -303,3 +303,12 @@ def test_report_renders_train_and_eval_rows(tmp_path: Path) -> None:
     assert "| 2 | 8 |" in text  # last train row: step 2, 8 images
     assert text.count("| 0 | 0.0 |") == 1  # the random-init evaluation row
     assert "procedural agree / cos" in text
+
+    from typer.testing import CliRunner
+
+    from extractor.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "run")])
+    assert result.exit_code == 0 and result.output == text + "\n"
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "metrics.jsonl" in result.output
