@@ -64,7 +64,7 @@ FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 WALLPAPER_ROOTS = (Path("/usr/share/backgrounds"), Path("/usr/share/wallpapers"))
 WALLPAPER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 WALLPAPER_MIN_SIDE = 480  # smaller files are icons and previews, not photographs
-WALLPAPER_MAX_SIDE = 1600  # larger photos are reduced first (tiling 8K originals took minutes)
+WALLPAPER_MAX_SIDE = 1600  # larger photos are reduced first (8K originals are slow to tile)
 MAX_SOURCE_PIXELS = 40_000_000  # decode at most this many pixels per clip-art file
 PHOTO_NAMES = (
     "astronaut",

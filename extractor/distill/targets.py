@@ -14,8 +14,8 @@ are drawn in chunks whose generator is seeded by (seed, source, chunk), so build
 at any chunk and `build_targets` continues where it left off, with identical rows.
 Every source gets `views * weight` rows (its corpus sampling weight): the store is the
 corpus mix, fixed. Since no teacher runs during training, the student cannot see mixed images
-(mixup/cutmix need the teacher to label the mix) or fresh crops: the first probe on this
-machine (openclipart, 8 fixed views per image) transferred better than the online recipe.
+(mixup/cutmix need the teacher to label the mix) or fresh crops; what that trade measured:
+docs/distillation.md, "Views, loss and schedule".
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ class TrainConfig:
     arch: str = DEFAULT_ARCH
     arch_overrides: dict[str, Any] = field(default_factory=dict)
     batch: int = 128
-    lr: float = 1e-3  # peak; the probe's 2e-3 kept agreement flat until the rate decayed
+    lr: float = 1e-3  # peak; why not higher: docs/distillation.md, "Views, loss and schedule"
     warmup_frac: float = 0.03
     stage1_frac: float = 0.3  # share of the schedule with one of weights/activations real
     stage1_real: str = "weights"  # "weights" (ReActNet), "activations", or "none"
