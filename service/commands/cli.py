@@ -126,7 +126,7 @@ def gc(
     )
 
 
-# `headhub extractor inspect|serve|train`: the extractor package owns its commands.
+# `headhub extractor ...`: the extractor package owns its commands (extractor/cli.py).
 app.add_typer(extractor_app, name="extractor")
 client.register(app)
 
