@@ -57,6 +57,8 @@ class ArchiveLimits:
     max_entries: int
     max_total_bytes: int
     max_ratio: int
+    # One entry (one image) declaring more is skipped unread, `image_bytes_too_large`.
+    max_entry_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class ArchiveEntry:
 class SkippedEntry:
     display_name: str
     reason: str
+    code: str = "invalid_archive_entry"
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,17 @@ def scan_archive(zf: zipfile.ZipFile, limits: ArchiveLimits) -> ArchivePlan:
         name = "/".join(parts)
         if parts[0] == "__MACOSX" or parts[-1].startswith("."):
             continue  # desktop metadata, not images
+        if limits.max_entry_bytes is not None and info.file_size > limits.max_entry_bytes:
+            # Not even decompressed; a forged smaller size is caught by `_read_bounded`.
+            skipped.append(
+                SkippedEntry(
+                    name,
+                    f"the entry has {info.file_size} bytes, over the limit of "
+                    f"{limits.max_entry_bytes} per image",
+                    "image_bytes_too_large",
+                )
+            )
+            continue
         data = _read_bounded(zf, info, budget, limits)
         budget -= len(data)
         if _is_archive(name, data[:512]):

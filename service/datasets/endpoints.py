@@ -39,12 +39,20 @@ def create_dataset(
     body: DatasetCreate,
     session: SessionDep,
     principal: OwnerDep,
+    settings: SettingsDep,
     extractor_id: ExtractorIdDep,
     tenant: TenantQuery = None,
 ) -> DatasetOut:
-    """Create an empty dataset; its name is unique within the tenant (409 otherwise)."""
+    """Create an empty dataset; its name is unique within the tenant (409 otherwise), and a
+    tenant holds at most `HEADHUB_MAX_DATASETS_PER_TENANT` (409 `dataset_quota_exceeded`)."""
     tenant_id = service.owner_tenant_id(session, principal, tenant)
-    dataset = service.create_dataset(session, tenant_id, body.name, body.description)
+    dataset = service.create_dataset(
+        session,
+        tenant_id,
+        body.name,
+        body.description,
+        max_datasets=settings.max_datasets_per_tenant,
+    )
     return service.describe(session, [dataset], extractor_id)[0]
 
 
@@ -127,7 +135,13 @@ async def upload_images(
     400, an oversized text field 413. A tenant over its image cap gets 409
     `image_quota_exceeded`.
     """
+    limits = service.IngestLimits.from_settings(settings)
     dataset = await run_in_threadpool(service.get_dataset, session, principal, dataset_id)
+    await run_in_threadpool(service.check_room, session, dataset, limits)
+    # No lock and no pooled connection while the body streams in: a client trickling bytes must
+    # not stall every other tenant (docs/threats.md). Images decode outside any transaction too;
+    # only the final rows are written under the tenant's lock (`run_upload`).
+    await run_in_threadpool(session.commit)
     upload = await read_upload(request, settings)
     try:
         outcome = await run_in_threadpool(

@@ -87,6 +87,49 @@ def tenant_image_count(session: Session, tenant_id: str) -> int:
     )
 
 
+def tenant_usage(session: Session, tenant_id: str) -> tuple[int, int]:
+    """(images, bytes) the tenant stores, all datasets together."""
+    row = session.execute(
+        select(func.count(), func.coalesce(func.sum(DatasetImage.size_bytes), 0)).where(
+            DatasetImage.tenant_id == tenant_id
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def count_datasets(session: Session, tenant_id: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(Dataset).where(Dataset.tenant_id == tenant_id)
+        )
+        or 0
+    )
+
+
+def dataset_labels(session: Session, dataset_id: str) -> set[str]:
+    return set(
+        session.scalars(
+            select(DatasetImage.label).where(DatasetImage.dataset_id == dataset_id).distinct()
+        )
+    )
+
+
+def existing_shas(session: Session, dataset_id: str, shas: Sequence[str]) -> set[str]:
+    """Of `shas`, those the dataset already holds."""
+    found: set[str] = set()
+    unique = list(dict.fromkeys(shas))
+    for start in range(0, len(unique), 500):  # well under every backend's parameter limit
+        found.update(
+            session.scalars(
+                select(DatasetImage.sha256).where(
+                    DatasetImage.dataset_id == dataset_id,
+                    DatasetImage.sha256.in_(unique[start : start + 500]),
+                )
+            )
+        )
+    return found
+
+
 def get_image(session: Session, dataset_id: str, sha256: str) -> DatasetImage | None:
     return session.get(DatasetImage, (dataset_id, sha256))
 
@@ -165,3 +208,9 @@ def dataset_features(
         .order_by(DatasetImage.sha256)
     )
     return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def touch_dataset(session: Session, dataset_id: str, at: datetime) -> None:
+    from sqlalchemy import update
+
+    session.execute(update(Dataset).where(Dataset.id == dataset_id).values(updated_at=at))

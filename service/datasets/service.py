@@ -6,7 +6,7 @@ import base64
 import binascii
 import logging
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,8 +28,9 @@ from service.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
+from service.settings import Settings
 from service.storage.blobstore import BlobStore, image_key, sha256_hex
-from service.tenants.repository import get_tenant_by_name
+from service.tenants.repository import get_tenant_by_name, lock_tenant
 
 log = logging.getLogger(__name__)
 MAX_FILENAME = 255
@@ -77,7 +78,15 @@ def owner_tenant_id(session: Session, principal: Principal, tenant: str | None) 
     return found.id
 
 
-def create_dataset(session: Session, tenant_id: str, name: str, description: str) -> Dataset:
+def create_dataset(
+    session: Session, tenant_id: str, name: str, description: str, *, max_datasets: int
+) -> Dataset:
+    lock_tenant(session, tenant_id)  # the cap holds when creations race
+    if repo.count_datasets(session, tenant_id) >= max_datasets:
+        raise Conflict(
+            f"This tenant has {max_datasets} datasets, the limit; delete one first.",
+            code="dataset_quota_exceeded",
+        )
     if repo.get_dataset_by_name(session, tenant_id, name) is not None:
         raise Conflict(f"A dataset named '{name}' already exists.", code="dataset_exists")
     dataset = Dataset(tenant_id=tenant_id, name=name, description=description)
@@ -178,72 +187,201 @@ def _as_error(exc: ImageRejected) -> HeadhubError:
     return kind(detail, code=exc.code)
 
 
-def ingest(
-    session: Session,
+@dataclass(frozen=True)
+class IngestLimits:
+    """What one tenant may store (docs/threats.md); from the settings."""
+
+    max_pixels: int
+    max_image_bytes: int
+    max_tenant_images: int
+    max_tenant_bytes: int
+    max_labels: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestLimits:
+        return cls(
+            max_pixels=settings.max_image_pixels,
+            max_image_bytes=settings.max_image_bytes,
+            max_tenant_images=settings.max_images_per_tenant,
+            max_tenant_bytes=settings.max_bytes_per_tenant,
+            max_labels=settings.max_labels_per_dataset,
+        )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated image whose bytes are stored; its row is not written yet."""
+
+    sha256: str
+    label: str
+    filename: str
+    size_bytes: int
+    width: int
+    height: int
+
+
+def check_room(session: Session, dataset: Dataset, limits: IngestLimits) -> None:
+    """409 before any work (before the body is even read) when the tenant is at a cap already."""
+    images, nbytes = repo.tenant_usage(session, dataset.tenant_id)
+    if images >= limits.max_tenant_images:
+        raise _image_quota(images, limits)
+    if nbytes >= limits.max_tenant_bytes:
+        raise _byte_quota(nbytes, limits)
+
+
+def _image_quota(images: int, limits: IngestLimits) -> Conflict:
+    return Conflict(
+        f"This tenant already stores {images} images, the limit is {limits.max_tenant_images}.",
+        code="image_quota_exceeded",
+    )
+
+
+def _byte_quota(nbytes: int, limits: IngestLimits) -> Conflict:
+    return Conflict(
+        f"This tenant already stores {nbytes} bytes of images, the limit is "
+        f"{limits.max_tenant_bytes}.",
+        code="byte_quota_exceeded",
+    )
+
+
+def check_labels(
+    session: Session, dataset: Dataset, labels: Iterable[str], limits: IngestLimits
+) -> None:
+    """409 `too_many_labels` when these labels would take the dataset past the cap (a job's
+    metrics hold a labels x labels matrix); checked before any image is decoded."""
+    have = repo.dataset_labels(session, dataset.id)
+    total = len(have | set(labels))
+    if total > limits.max_labels:
+        raise Conflict(
+            f"The dataset would have {total} labels; at most {limits.max_labels} are allowed.",
+            code="too_many_labels",
+        )
+
+
+def prepare(
     blobs: BlobStore,
-    dataset: Dataset,
     candidates: Iterable[Candidate],
     *,
-    max_pixels: int,
-    max_tenant_images: int,
+    known: Callable[[list[str]], set[str]],
+    limits: IngestLimits,
     single_file: bool,
-) -> Ingest:
-    """Validate, store and record each candidate; bad ones are listed, good ones kept.
+    out: Ingest,
+) -> list[Prepared]:
+    """Validate and store the bytes of each new candidate; no database lock is held here.
 
-    `single_file`: the request carried exactly one file, so its rejection is the request's
-    failure (413/415/422 naming the file) rather than a 200 with an empty result.
+    `known(shas)` -> those the dataset already holds (a short read of the caller's): they count
+    as duplicates and are not decoded again. Bad files are listed in `out.rejected`; with
+    `single_file` the one file's rejection is the request's failure (413/415/422 naming it).
     """
-    out = Ingest()
-    stored = repo.tenant_image_count(session, dataset.tenant_id)
-    if stored >= max_tenant_images:
-        raise Conflict(
-            f"This tenant already stores {stored} images, the limit is {max_tenant_images}.",
-            code="image_quota_exceeded",
-        )
+    prepared: list[Prepared] = []
+    seen: set[str] = set()
+    for chunk in _chunks(candidates):
+        shas = [sha256_hex(c.data) for c in chunk]
+        held = known(shas)
+        for c, sha in zip(chunk, shas, strict=True):
+            name = display_filename(c.filename)
+            if sha in held or sha in seen:
+                out.duplicates += 1  # validated when it was first added: no need to decode
+                continue
+            try:
+                if len(c.data) > limits.max_image_bytes:
+                    raise ImageRejected(
+                        name,
+                        f"the file has {len(c.data)} bytes, over the limit of "
+                        f"{limits.max_image_bytes}",
+                        413,
+                        "image_bytes_too_large",
+                    )
+                img = decode_image(c.data, name, max_pixels=limits.max_pixels)
+            except ImageRejected as exc:
+                if single_file:
+                    raise _as_error(exc) from None
+                out.rejected.append(RejectedFile(filename=name, reason=exc.reason, code=exc.code))
+                continue
+            # The blob first: a row never points at bytes that are not there; a blob whose row
+            # is never written is left to `headhub gc`.
+            blobs.put(image_key(sha), c.data)
+            seen.add(sha)
+            prepared.append(Prepared(sha, c.label, name, len(c.data), img.width, img.height))
+    return prepared
+
+
+def _chunks(
+    candidates: Iterable[Candidate], max_items: int = 64, max_bytes: int = 64 * 1024 * 1024
+) -> Iterator[list[Candidate]]:
+    """Candidates in groups, so one short query finds each group's duplicates."""
+    chunk: list[Candidate] = []
+    size = 0
     for c in candidates:
-        name = display_filename(c.filename)
-        sha = sha256_hex(c.data)
-        if repo.get_image(session, dataset.id, sha) is not None:
-            out.duplicates += 1  # validated when it was first added: no need to decode again
-            continue
-        try:
-            img = decode_image(c.data, name, max_pixels=max_pixels)
-        except ImageRejected as exc:
-            if single_file:
-                raise _as_error(exc) from None
-            out.rejected.append(RejectedFile(filename=name, reason=exc.reason, code=exc.code))
-            continue
-        if stored + out.added >= max_tenant_images:
-            out.rejected.append(
-                RejectedFile(
-                    filename=name,
-                    reason=f"the tenant's limit of {max_tenant_images} images is reached",
-                    code="image_quota_exceeded",
-                )
-            )
-            continue
-        # The blob first: a row never points at bytes that are not there.
-        blobs.put(image_key(sha), c.data)
-        row = DatasetImage(
-            dataset_id=dataset.id,
-            sha256=sha,
-            tenant_id=dataset.tenant_id,
-            label=c.label,
-            filename=name,
-            size_bytes=len(c.data),
-            width=img.width,
-            height=img.height,
-        )
-        try:
-            with session.begin_nested():
-                session.add(row)
-                session.flush()
-        except IntegrityError:
-            if repo.get_image(session, dataset.id, sha) is None:  # the dataset was deleted
-                raise NotFound(f"No dataset '{dataset.id}'.", code="dataset_not_found") from None
+        chunk.append(c)
+        size += len(c.data)
+        if len(chunk) >= max_items or size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def record(
+    session: Session,
+    dataset: Dataset,
+    prepared: list[Prepared],
+    *,
+    limits: IngestLimits,
+    out: Ingest,
+) -> Ingest:
+    """Write the rows of `prepared` in one short transaction under the tenant's lock, so the
+    caps on images, bytes and labels hold when uploads race (docs/threats.md)."""
+    lock_tenant(session, dataset.tenant_id)
+    if repo.get_dataset(session, dataset.id, None) is None:
+        raise NotFound(f"No dataset '{dataset.id}'.", code="dataset_not_found")
+    images, nbytes = repo.tenant_usage(session, dataset.tenant_id)
+    if prepared and images >= limits.max_tenant_images:
+        raise _image_quota(images, limits)
+    if prepared and nbytes >= limits.max_tenant_bytes:
+        raise _byte_quota(nbytes, limits)
+    labels = repo.dataset_labels(session, dataset.id)
+    present = repo.existing_shas(session, dataset.id, [p.sha256 for p in prepared])
+    rows: list[DatasetImage] = []
+    for p in prepared:
+        if p.sha256 in present:
             out.duplicates += 1  # a concurrent upload of the same image won the race
             continue
-        out.added += 1
-    if out.added:
-        dataset.updated_at = utcnow()
+        reason, code = None, None
+        if images >= limits.max_tenant_images:
+            reason = f"the tenant's limit of {limits.max_tenant_images} images is reached"
+            code = "image_quota_exceeded"
+        elif nbytes + p.size_bytes > limits.max_tenant_bytes:
+            reason = f"the tenant's limit of {limits.max_tenant_bytes} image bytes is reached"
+            code = "byte_quota_exceeded"
+        elif p.label not in labels and len(labels) >= limits.max_labels:
+            reason = f"the dataset's limit of {limits.max_labels} labels is reached"
+            code = "too_many_labels"
+        if code is not None:
+            out.rejected.append(RejectedFile(filename=p.filename, reason=str(reason), code=code))
+            continue
+        images += 1
+        nbytes += p.size_bytes
+        labels.add(p.label)
+        rows.append(
+            DatasetImage(
+                dataset_id=dataset.id,
+                sha256=p.sha256,
+                tenant_id=dataset.tenant_id,
+                label=p.label,
+                filename=p.filename,
+                size_bytes=p.size_bytes,
+                width=p.width,
+                height=p.height,
+            )
+        )
+    if rows:
+        try:
+            with session.begin_nested():
+                session.add_all(rows)
+                session.flush()
+        except IntegrityError:  # the dataset was deleted meanwhile
+            raise NotFound(f"No dataset '{dataset.id}'.", code="dataset_not_found") from None
+        repo.touch_dataset(session, dataset.id, utcnow())
+    out.added += len(rows)
     return out

@@ -19,6 +19,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.datasets import archive as zips
+from service.datasets import repository as repo
 from service.datasets import service
 from service.datasets.features import BackgroundFeaturizer
 from service.datasets.labels import InvalidLabel, normalize_label
@@ -121,38 +122,56 @@ def _file_candidates(upload: Upload) -> Iterator[service.Candidate]:
 def run_upload(
     session: Session, blobs: BlobStore, dataset: Dataset, upload: Upload, settings: Settings
 ) -> service.Ingest:
-    """Blocking part of an upload (zip reading, image decoding, blob writes): run in a thread."""
-    common: dict[str, Any] = {
-        "max_pixels": settings.max_image_pixels,
-        "max_tenant_images": settings.max_images_per_tenant,
-    }
+    """Blocking part of an upload (zip reading, image decoding, blob writes): run in a thread.
+
+    Duplicates are looked up in short read transactions, images are decoded and stored with no
+    transaction open, and the rows are written at the end in one short transaction under the
+    tenant's lock (`service.record`), where the caps on images, bytes and labels are enforced.
+    """
+    limits = service.IngestLimits.from_settings(settings)
+    out = service.Ingest()
+
+    def known(shas: list[str]) -> set[str]:
+        try:
+            return repo.existing_shas(session, dataset.id, shas)
+        finally:
+            session.commit()  # a read: end it, so no lock is held while images decode
+
     if upload.archive is None:
-        return service.ingest(
-            session,
+        service.check_labels(session, dataset, [upload.label or ""], limits)
+        session.commit()
+        prepared = service.prepare(
             blobs,
-            dataset,
             _file_candidates(upload),
+            known=known,
+            limits=limits,
             single_file=len(upload.files) == 1,
-            **common,
+            out=out,
         )
-    limits = zips.ArchiveLimits(
+        return service.record(session, dataset, prepared, limits=limits, out=out)
+    archive_limits = zips.ArchiveLimits(
         max_entries=settings.max_archive_entries,
         max_total_bytes=settings.max_archive_bytes,
         max_ratio=settings.max_archive_ratio,
+        max_entry_bytes=settings.max_image_bytes,
     )
     fh = upload.archive.file
     fh.seek(0)
-    zf = zips.open_archive(fh, limits)
+    zf = zips.open_archive(fh, archive_limits)
     with zf:
-        plan = zips.scan_archive(zf, limits)  # raises before anything is stored
+        plan = zips.scan_archive(zf, archive_limits)  # raises before anything is stored
+        service.check_labels(session, dataset, {e.label for e in plan.entries}, limits)
+        session.commit()
         members = (
             service.Candidate(entry.display_name, entry.label, data)
-            for entry, data in zips.iter_members(zf, plan, limits)
+            for entry, data in zips.iter_members(zf, plan, archive_limits)
         )
-        out = service.ingest(session, blobs, dataset, members, single_file=False, **common)
+        prepared = service.prepare(
+            blobs, members, known=known, limits=limits, single_file=False, out=out
+        )
+    service.record(session, dataset, prepared, limits=limits, out=out)
     out.rejected += [
-        RejectedFile(filename=s.display_name, reason=s.reason, code="invalid_archive_entry")
-        for s in plan.skipped
+        RejectedFile(filename=s.display_name, reason=s.reason, code=s.code) for s in plan.skipped
     ]
     return out
 

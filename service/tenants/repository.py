@@ -38,3 +38,22 @@ def list_keys(session: Session, tenant_id: str) -> list[ApiKey]:
 
 def get_key(session: Session, tenant_id: str, key_id: str) -> ApiKey | None:
     return session.scalar(select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id))
+
+
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Serialise a tenant's quota checks with the inserts they allow (count, then add): a row
+    lock on PostgreSQL; on SQLite every transaction is BEGIN IMMEDIATE, which already does."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+
+
+def count_active_keys(session: Session, tenant_id: str) -> int:
+    from sqlalchemy import func
+
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(ApiKey)
+            .where(ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
+        )
+        or 0
+    )
