@@ -28,8 +28,8 @@ from extractor.batcher import BatcherStopped, MicroBatcher, QueueFull
 from extractor.catalog import Catalog, NotServed, Served
 from extractor.checkpoint import LoadedExtractor, load_checkpoint
 from extractor.imaging import DEFAULT_MAX_PIXELS, ImageRejected, preprocess_batch
-from extractor.prometheus import ExtractorMetrics
 from extractor.packing import pack_signs
+from extractor.prometheus import ExtractorMetrics
 from extractor.web.limits import BodySizeLimitMiddleware
 from extractor.web.problems import problem
 from extractor.web.requests import RequestContextMiddleware
