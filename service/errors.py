@@ -83,6 +83,10 @@ class BadGateway(HeadhubError):
     status, code, title = 502, "bad_gateway", "Bad gateway"
 
 
+# Validation error types raised by our own validators; the problem's `code` is the type itself.
+OWN_VALIDATION_CODES = frozenset({"control_characters"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every expected failure to problem+json; nothing expected becomes a 500."""
 
@@ -98,11 +102,13 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
+        # A rule of our own (e.g. `control_characters`, service/text.py) keeps its own code.
+        code = first.get("type") if first.get("type") in OWN_VALIDATION_CODES else None
         return problem(
             422,
             "Unprocessable content",
             f"{where}: {first['msg']}",
-            "validation_error",
+            code or "validation_error",
             errors=errors,
         )
 

@@ -18,7 +18,15 @@ from rich.table import Table
 
 from service.client import upload as upload_files
 from service.client.http import DEFAULT_URL, CliError
-from service.client.terminal import Key, Url, cli_errors, connect, console, err_console
+from service.client.terminal import (
+    Key,
+    Url,
+    cli_errors,
+    connect,
+    console,
+    err_console,
+    styled,
+)
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Datasets of your tenant.")
 
@@ -30,7 +38,7 @@ def datasets_create(
 ) -> None:
     """Create a dataset."""
     ds = connect(url, key).post("/v1/datasets", json={"name": name, "description": description})
-    console.print(f"created dataset [bold]{ds['name']}[/] ({ds['id']})")
+    console.print(styled("created dataset ", (ds["name"], "bold"), f" ({ds['id']})"))
 
 
 @datasets_app.command("list")
@@ -73,9 +81,9 @@ def upload(
     )
     total_bytes = sum(i.size for i in images)
     columns = (
-        TextColumn("[bold]upload"),
+        TextColumn("upload", style="bold", markup=False),
         BarColumn(),
-        TextColumn("{task.fields[files]}"),
+        TextColumn("{task.fields[files]}", markup=False),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),

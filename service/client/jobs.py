@@ -11,7 +11,17 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from service.client.http import DEFAULT_URL, ApiClient, CliError
-from service.client.terminal import Key, Url, cli_errors, connect, console, err_console, metric
+from service.client.terminal import (
+    Key,
+    Url,
+    cli_errors,
+    connect,
+    console,
+    err_console,
+    metric,
+    printable,
+    styled,
+)
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -69,10 +79,10 @@ def _number(v: str) -> Any:
 def follow_job(api: ApiClient, job_id: str, *, poll_s: float = 1.0) -> dict[str, Any]:
     """Poll the job until it ends; Ctrl-C leaves it running on the server."""
     columns = (
-        TextColumn("[bold]{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", style="bold", markup=False),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[acc]}"),
+        TextColumn("{task.fields[acc]}", markup=False),
         TimeElapsedColumn(),
     )
     try:
@@ -84,7 +94,7 @@ def follow_job(api: ApiClient, job_id: str, *, poll_s: float = 1.0) -> dict[str,
                 progress.update(
                     task,
                     completed=100 * float(job.get("progress") or 0.0),
-                    status=job["status"],
+                    status=printable(job["status"]),
                     acc=f"val_top1 {acc}",
                 )
                 if job["status"] in TERMINAL:
@@ -111,8 +121,11 @@ def _print_job_result(job: dict[str, Any]) -> None:
     ref = (job.get("head_version") or {}).get("ref", "?")
     m = job.get("metrics") or {}
     console.print(
-        f"trained [bold]{ref}[/]: val_top1 {metric(m, 'val_top1')}, "
-        f"val_top5 {metric(m, 'val_top5')}"
+        styled(
+            "trained ",
+            (ref, "bold"),
+            f": val_top1 {metric(m, 'val_top1')}, val_top5 {metric(m, 'val_top5')}",
+        )
     )
 
 

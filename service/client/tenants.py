@@ -8,7 +8,15 @@ import typer
 from rich.table import Table
 
 from service.client.http import DEFAULT_URL
-from service.client.terminal import Key, Url, cli_errors, connect, console, err_console
+from service.client.terminal import (
+    Key,
+    Url,
+    cli_errors,
+    connect,
+    console,
+    err_console,
+    styled,
+)
 
 tenants_app = typer.Typer(no_args_is_help=True, help="Tenants (admin key).")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys of a tenant.")
@@ -19,7 +27,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys of a tenant.")
 def tenants_create(name: str, url: Url = DEFAULT_URL, key: Key = None) -> None:
     """Create a tenant (needs the admin key)."""
     t = connect(url, key).post("/v1/tenants", json={"name": name})
-    console.print(f"created tenant [bold]{t['name']}[/] ({t['id']})")
+    console.print(styled("created tenant ", (t["name"], "bold"), f" ({t['id']})"))
 
 
 @tenants_app.command("list")

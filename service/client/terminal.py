@@ -4,17 +4,60 @@ failures printed as one sentence, and the formatting of numbers."""
 from __future__ import annotations
 
 import functools
+import unicodedata
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from service.client.http import ApiClient, CliError
+from service.text import BIDI_CONTROLS
 
-console = Console()
-err_console = Console(stderr=True)
+_KEEP = frozenset("\n\t")
+
+
+def printable(value: object) -> str:
+    """`value` as text that cannot drive the terminal: every control character (C0 but newline
+    and tab, DEL, C1, line separators, bidi overrides) is shown as its escape (`\\x1b`)."""
+    out = []
+    for ch in str(value):
+        if ch in _KEEP or not (
+            ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+        ):
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+class SafeConsole(Console):
+    """A console for text from the server, which other tenants wrote (a public head's
+    description, labels, names): no Rich markup, no emoji codes, and every control character
+    shown escaped instead of sent (docs/threats.md, "stored text"). Styles come only from
+    `styled`, never from inside a string."""
+
+    def __init__(self, **kw: Any) -> None:
+        kw.setdefault("markup", False)
+        kw.setdefault("emoji", False)
+        kw.setdefault("highlight", False)
+        super().__init__(**kw)
+
+    def render_str(self, text: str, *args: Any, **kw: Any) -> Text:
+        return super().render_str(printable(text), *args, **kw)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text from plain and (text, style) parts, each made `printable`."""
+    return Text.assemble(
+        *((printable(p[0]), p[1]) if isinstance(p, tuple) else printable(p) for p in parts)
+    )
+
+
+console = SafeConsole()
+err_console = SafeConsole(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 Url = Annotated[str, typer.Option("--url", envvar="HEADHUB_URL", help="API base URL.")]
@@ -40,7 +83,7 @@ def cli_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CliError as e:
-            err_console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+            err_console.print(styled(("error:", "bold red"), " ", e.message))
             raise typer.Exit(e.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

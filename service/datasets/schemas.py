@@ -5,6 +5,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.db import as_utc
+from service.text import SafeText
 
 DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
@@ -17,7 +18,7 @@ class DatasetCreate(BaseModel):
         },
     )
     name: str = Field(pattern=DATASET_NAME, description="Unique per tenant; letters, digits, _.-")
-    description: str = Field(default="", max_length=2000)
+    description: SafeText = Field(default="", max_length=2000)
 
 
 class DatasetOut(BaseModel):

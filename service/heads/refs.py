@@ -21,6 +21,9 @@ _REF = re.compile(
     r"^(?:(?P<owner>[^/:@]+)/)?(?P<name>[^/:@]+)"
     r"(?::(?P<version>[^/:@]+)|@(?P<alias>[^/:@]+))?$"
 )
+# fullmatch, never match: `$` also matches before a trailing newline, so `re.match` would take
+# "production\n" for an alias (the same patterns in pydantic fields use Rust's regex, where `$`
+# is the end of the text).
 _NAME = re.compile(HEAD_NAME_PATTERN)
 _ALIAS = re.compile(ALIAS_PATTERN)
 _OWNER = re.compile(OWNER_PATTERN)
@@ -68,32 +71,32 @@ class UnresolvedRef(LookupError):
 
 
 def is_valid_head_name(name: str) -> bool:
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
 
 
 def is_valid_alias(alias: str) -> bool:
-    return bool(_ALIAS.match(alias))
+    return bool(_ALIAS.fullmatch(alias))
 
 
 def parse_ref(text: str) -> HeadRef:
     """Parse one reference; raises ``InvalidHeadRef`` with a reason a user can act on."""
     text = text.strip()
-    match = _REF.match(text)
+    match = _REF.fullmatch(text)
     if not match:
         raise InvalidHeadRef(text, "expected <owner>/<name>[:<version>|@<alias>]")
     owner, name = match["owner"], match["name"]
-    if owner is not None and not _OWNER.match(owner):
+    if owner is not None and not _OWNER.fullmatch(owner):
         raise InvalidHeadRef(text, f"owner {owner!r} is not a tenant name")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidHeadRef(text, f"name {name!r} is not a head name")
     version: int | None = None
     if match["version"] is not None:
         raw = match["version"]
-        if not raw.isdigit() or int(raw) < 1 or len(raw) > 9:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or int(raw) < 1:
             raise InvalidHeadRef(text, f"version {raw!r} is not a positive integer")
         version = int(raw)
     alias = match["alias"]
-    if alias is not None and not _ALIAS.match(alias):
+    if alias is not None and not _ALIAS.fullmatch(alias):
         raise InvalidHeadRef(text, f"alias {alias!r} is not an alias name")
     return HeadRef(owner=owner, name=name, version=version, alias=alias)
 

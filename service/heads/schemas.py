@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.text import SafeText
+
 Visibility = Literal["private", "public"]
 
 VERSION_EXAMPLE: dict[str, Any] = {
@@ -139,7 +141,7 @@ class HeadUpdate(BaseModel):
         },
     )
     visibility: Visibility | None = None
-    description: str | None = Field(default=None, max_length=4000)
+    description: SafeText | None = Field(default=None, max_length=4000)
 
 
 class AdminHeadUpdate(BaseModel):

@@ -9,11 +9,12 @@ from service.errors import NotFound
 from service.jobs import repository as repo
 from service.jobs import service
 from service.jobs.schemas import JobCreate, JobList, JobOut, JobStatusName
+from service.text import SafeName
 
 router = APIRouter(tags=["jobs"])
 
 IdempotencyKey = Annotated[
-    str | None,
+    SafeName | None,  # stored and shown back: no control characters (service/text.py)
     Header(
         alias="Idempotency-Key",
         max_length=255,

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.text import SafeName
+
 SLUG = r"^[a-z0-9-]{2,40}$"
 
 
@@ -30,7 +32,7 @@ class KeyCreate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"scope": "predict", "name": "ios-app"}]}
     )
     scope: Literal["owner", "predict"]
-    name: str = Field(min_length=1, max_length=100)
+    name: SafeName = Field(min_length=1, max_length=100)
 
 
 class KeyOut(BaseModel):
