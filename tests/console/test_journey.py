@@ -257,6 +257,12 @@ def test_head_page_shows_metrics_sets_an_alias_publishes_and_exports(
     page.get_by_role("button", name="Set alias").click()
     expect(page.locator(".alias-list")).to_contain_text("production → v1")
 
+    page.get_by_role("button", name="Delete this version").click()
+    again = page.get_by_role("button", name="Click again to delete the version")  # no dialog
+    again.click()
+    expect(page.get_by_role("alert")).to_contain_text("move the alias first")  # the 409, as text
+    expect(page.locator("#version-picker option")).to_have_count(1)
+
     page.get_by_label("Visibility").select_option("public")
     page.get_by_label("Description").fill(XSS)
     page.get_by_role("button", name="Save").click()
@@ -344,6 +350,12 @@ def test_operator_suspends_the_head_and_every_tenant_sees_it_refused(
         acme.get_by_role("button", name="Download").click()
     assert refused.value.status == 403
     expect(acme.get_by_role("alert")).to_contain_text("suspended")
+
+    go(admin, "Tenants")  # the operator reaches a tenant's keys from its row
+    admin.get_by_role("link", name="keys of acme").click()
+    expect(h1(admin)).to_have_text("Keys of acme")
+    expect(admin.locator("tbody tr").filter(has_text="owner")).to_have_count(1)
+    go(admin, "All heads")
 
     row.get_by_role("button", name="Unsuspend acme/colours").click()
     expect(row.get_by_role("button", name="Suspend acme/colours")).to_be_visible()

@@ -149,23 +149,26 @@ export function shortId(id) {
   return id ? String(id).slice(0, 8) : "—";
 }
 
-/** A button that asks for a second click before it acts (no window.confirm dialogs). */
+/** A button that asks for a second click before it acts (no window.confirm dialogs); leaving
+ *  it (focus elsewhere, Escape) takes the question back. */
 export function confirmButton(text, confirmText, onConfirm, props = {}) {
   let armed = false;
-  let timer = null;
+  const disarm = () => {
+    armed = false;
+    b.textContent = text;
+    b.classList.remove("armed");
+  };
   const b = button(text, async () => {
     if (!armed) {
       armed = true;
       b.textContent = confirmText;
       b.classList.add("armed");
-      timer = setTimeout(() => { armed = false; b.textContent = text; b.classList.remove("armed"); }, 5000);
       return;
     }
-    clearTimeout(timer);
-    armed = false;
-    b.textContent = text;
-    b.classList.remove("armed");
+    disarm();
     await onConfirm();
   }, { class: "danger", ...props });
+  b.addEventListener("blur", disarm);
+  b.addEventListener("keydown", (e) => { if (e.key === "Escape") disarm(); });
   return b;
 }

@@ -182,6 +182,7 @@ export function detailPage(ctx) {
     e.preventDefault();
     try {
       head = await api("PATCH", base, { json: { visibility: visibility.value, description: description.value } });
+      err.show(null);
       ctx.toast(head.visibility === "public" ? "Published in the marketplace." : "Saved.");
       drawHead();
     } catch (e2) { err.show(e2); }
@@ -197,6 +198,7 @@ export function detailPage(ctx) {
       const file = await download(`${base}/versions/${v.version}/export`, { format: format.value },
         `${owner}-${name}-v${v.version}.${format.value}`);
       exportStatus.textContent = `Saved ${file.name} (${fmtBytes(file.size)}).`;
+      err.show(null);
     } catch (e) {
       exportStatus.textContent = "";
       err.show(e);
