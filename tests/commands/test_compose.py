@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +17,12 @@ from service.commands.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = shutil.which("docker-compose")
-SECRETS = {"POSTGRES_PASSWORD": "pw", "HEADHUB_ADMIN_KEY": "k" * 40, "HEADHUB_KEY_PEPPER": "p"}
+SECRETS = {
+    "POSTGRES_PASSWORD": "pw",
+    "HEADHUB_ADMIN_KEY": "k" * 40,
+    "HEADHUB_KEY_PEPPER": "p",
+    "MINIO_ROOT_PASSWORD": "m" * 16,
+}
 needs_compose = pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed")
 
 
@@ -69,13 +75,15 @@ def test_production_shape(config: dict[str, Any]) -> None:
     assert services["api"]["depends_on"]["migrate"]["condition"] == (
         "service_completed_successfully"
     )
-    assert "pgdata" in config["volumes"] and "blobs" in config["volumes"]
-    for name in ["api", *workers]:  # one blob store shared by API and workers
-        mounts = [
-            v if isinstance(v, str) else f"{v['source']}:{v['target']}"
-            for v in services[name]["volumes"]
-        ]
-        assert any(m.startswith("blobs:/data") for m in mounts), name
+    assert "pgdata" in config["volumes"] and "blobs" not in config["volumes"]
+    for name in ["api", *workers]:  # blobs in the object store, limits in Redis: no shared disk
+        env = services[name]["environment"]
+        assert env["HEADHUB_BLOB_URL"].startswith("s3://") and not services[name].get("volumes")
+        assert env["HEADHUB_S3_SECRET_ACCESS_KEY"] == SECRETS["MINIO_ROOT_PASSWORD"]
+        assert services[name]["depends_on"]["minio-init"]["condition"] == (
+            "service_completed_successfully"
+        )
+    assert services["api"]["environment"]["HEADHUB_REDIS_URL"] == "redis://redis:6379/0"
     for name in ["api", *extractors]:
         assert "test" in services[name]["healthcheck"], name
 
@@ -135,3 +143,72 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck_and_pinned_cpu_torch() -
     assert "\nUSER headhub" in text
     assert "HEALTHCHECK" in text
     assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in text
+
+
+# --- static: the file itself, without docker-compose (PyYAML resolves the `<<` merges) --------
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Z_]+):\?[^}]*\}")
+# Variables the image reads that are not settings (the Dockerfile's HEALTHCHECK).
+NOT_SETTINGS = {"HEADHUB_HEALTH_URL"}
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # type: ignore[no-any-return]
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    """The service's environment with `${VAR:?...}` filled from SECRETS."""
+    return {
+        k: _PLACEHOLDER.sub(lambda m: SECRETS[m.group(1)], str(v))
+        for k, v in (service.get("environment") or {}).items()
+    }
+
+
+def test_every_headhub_variable_is_a_setting_and_parses(raw: dict[str, Any]) -> None:
+    from service.settings import Settings
+
+    for name, service in raw["services"].items():
+        env = {k: v for k, v in _env(service).items() if k.startswith("HEADHUB_")}
+        unknown = {
+            k for k in env if k.removeprefix("HEADHUB_").lower() not in Settings.model_fields
+        }
+        assert unknown <= NOT_SETTINGS, (name, unknown)
+        if env:
+            kwargs = {
+                k.removeprefix("HEADHUB_").lower(): v
+                for k, v in env.items()
+                if k not in NOT_SETTINGS
+            }
+            Settings(**kwargs)  # every value parses (a misspelt literal fails here)
+
+
+def test_blobs_live_in_the_object_store_and_limits_in_redis(raw: dict[str, Any]) -> None:
+    from service.settings import Settings
+    from service.storage.blobstore import make_blob_store
+    from service.storage.s3 import S3BlobStore
+
+    services = raw["services"]
+    assert "blobs" not in (raw.get("volumes") or {})  # no blob volume any more
+    minio, redis = services["minio"], services["redis"]
+    assert "healthcheck" in minio and "healthcheck" in redis
+    users = [n for n, s in services.items() if (s.get("command") or [""])[0] in {"api", "worker"}]
+    assert sorted(users) == ["api", "worker-1", "worker-2"]
+    for name in users:
+        service, env = services[name], _env(services[name])
+        assert not service.get("volumes"), f"{name} mounts a volume: hosts would share a disk"
+        assert env["HEADHUB_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["HEADHUB_S3_SECRET_ACCESS_KEY"] == SECRETS["MINIO_ROOT_PASSWORD"]
+        assert env["HEADHUB_S3_ACCESS_KEY_ID"] == minio["environment"]["MINIO_ROOT_USER"]
+        assert env["HEADHUB_REDIS_URL"] == "redis://redis:6379/0"
+        assert service["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+        kwargs = {k.removeprefix("HEADHUB_").lower(): v for k, v in env.items()}
+        store = make_blob_store(Settings(**kwargs))
+        assert isinstance(store, S3BlobStore)
+        # The bucket the store writes to is the one minio-init makes.
+        assert f"local/{store.location.bucket}" in " ".join(services["minio-init"]["command"])
+    assert services["api"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    # The extractors get neither the object store's secret nor Redis.
+    for service in services.values():
+        if (service.get("command") or [""])[:2] == ["extractor", "serve"]:
+            assert not {"HEADHUB_S3_SECRET_ACCESS_KEY", "HEADHUB_REDIS_URL"} & set(_env(service))
