@@ -8,7 +8,7 @@ from typing import Annotated, Any, BinaryIO, Literal
 from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 
-from service.deps import AdminDep, BlobsDep, OwnerDep, PredictDep, SessionDep
+from service.deps import AdminDep, BlobsDep, OwnerDep, PredictDep, SessionDep, SettingsDep
 from service.errors import Forbidden, Unprocessable
 from service.heads import repository as repo
 from service.heads import service, views
@@ -118,15 +118,19 @@ def put_alias(
     alias: Alias,
     body: AliasUpdate,
     session: SessionDep,
+    settings: SettingsDep,
     principal: OwnerDep,
 ) -> AliasOut:
-    """Point an alias (`production`, `staging`, any name) at a version (owner or admin)."""
+    """Point an alias (`production`, `staging`, any name) at a version (owner or admin); a
+    tenant holds at most `HEADHUB_MAX_ALIASES_PER_TENANT` aliases (409)."""
     if not is_valid_alias(alias):
         raise Unprocessable(
             f"'{alias}' is not a valid alias ({ALIAS_PATTERN}).", code="invalid_alias"
         )
     head = service.find_writable(session, principal, owner, name)
-    row = service.set_alias(session, head, owner, alias, body.version)
+    row = service.set_alias(
+        session, head, owner, alias, body.version, max_aliases=settings.max_aliases_per_tenant
+    )
     return AliasOut(alias=row.alias, version=row.version, ref=f"{owner}/{head.name}:{row.version}")
 
 

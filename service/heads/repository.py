@@ -90,6 +90,25 @@ def aliases_of_version(session: Session, head_id: str, version: int) -> list[str
     )
 
 
+def count_aliases(session: Session, tenant_id: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(HeadAlias)
+            .join(Head, Head.id == HeadAlias.head_id)
+            .where(Head.tenant_id == tenant_id)
+        )
+        or 0
+    )
+
+
+def count_heads(session: Session, tenant_id: str) -> int:
+    return int(
+        session.scalar(select(func.count()).select_from(Head).where(Head.tenant_id == tenant_id))
+        or 0
+    )
+
+
 def blob_in_use(session: Session, blob_key: str) -> bool:
     return bool(session.scalar(select(exists().where(HeadVersion.blob_key == blob_key))))
 

@@ -34,6 +34,7 @@ from service.heads.refs import (
 )
 from service.heads.tables import Head, HeadAlias, HeadVersion
 from service.storage.blobstore import BlobNotFound, BlobStore
+from service.tenants.repository import lock_tenant
 
 ALIAS_IN_USE = "version_aliased"
 
@@ -70,6 +71,7 @@ def register_version(
     job_id: str | None,
     preprocessing: dict[str, Any],
     feature_dim: int | None = None,
+    max_heads: int | None = None,
 ) -> HeadVersion:
     """Add the next version of ``tenant_id``'s head ``head_name`` (created if missing).
 
@@ -105,7 +107,7 @@ def register_version(
     key = blob_key_for(sha)
     blobs.put(key, data)
 
-    head = _get_or_create_head(session, tenant_id, head_name)
+    head = _get_or_create_head(session, tenant_id, head_name, max_heads=max_heads)
     number = repo.next_version_number(session, head.id)
     version = HeadVersion(
         head_id=head.id,
@@ -127,10 +129,14 @@ def register_version(
     return version
 
 
-def _get_or_create_head(session: Session, tenant_id: str, name: str) -> Head:
+def _get_or_create_head(
+    session: Session, tenant_id: str, name: str, *, max_heads: int | None = None
+) -> Head:
     head = repo.get_head_by_tenant(session, tenant_id, name)
     if head is not None:
         return head
+    if max_heads is not None:
+        check_head_room(session, tenant_id, max_heads)
     try:
         with session.begin_nested():
             head = Head(tenant_id=tenant_id, name=name, version_counter=0)
@@ -142,6 +148,17 @@ def _get_or_create_head(session: Session, tenant_id: str, name: str) -> Head:
         if head is None:
             raise
         return head
+
+
+def check_head_room(session: Session, tenant_id: str, max_heads: int) -> None:
+    """409 `head_quota_exceeded` when the tenant has `max_heads` heads (a new one would pass
+    the cap); under the tenant's lock, so racing registrations cannot pass it either."""
+    lock_tenant(session, tenant_id)
+    if repo.count_heads(session, tenant_id) >= max_heads:
+        raise Conflict(
+            f"This tenant has {max_heads} heads, the limit; delete one first.",
+            code="head_quota_exceeded",
+        )
 
 
 # --- access -------------------------------------------------------------------------------------
@@ -253,10 +270,25 @@ def invalid_ref(exc: InvalidHeadRef) -> Unprocessable:
 # --- changes ------------------------------------------------------------------------------------
 
 
-def set_alias(session: Session, head: Head, owner: str, alias: str, version: int) -> HeadAlias:
+def set_alias(
+    session: Session,
+    head: Head,
+    owner: str,
+    alias: str,
+    version: int,
+    *,
+    max_aliases: int | None = None,
+) -> HeadAlias:
     get_version_or_404(session, head, owner, version)
     row = repo.get_alias(session, head.id, alias)
     if row is None:
+        if max_aliases is not None:
+            lock_tenant(session, head.tenant_id)  # the cap holds when requests race
+            if repo.count_aliases(session, head.tenant_id) >= max_aliases:
+                raise Conflict(
+                    f"Tenant '{owner}' has {max_aliases} aliases, the limit; delete one first.",
+                    code="alias_quota_exceeded",
+                )
         row = HeadAlias(head_id=head.id, alias=alias, version=version)
         session.add(row)
     else:

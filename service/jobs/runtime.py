@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,12 +51,18 @@ class JobHeartbeat:
         interval: float,
         lease_s: float,
         handback: threading.Event | None = None,
+        max_runtime_s: float | None = None,
     ) -> None:
         self.factory, self.job = factory, job
         self.interval, self.lease_s = interval, lease_s
         self.handback = handback or threading.Event()
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
+        # The attempt's wall clock (HEADHUB_JOB_MAX_RUNTIME_S): past it, the trainer stops at its
+        # next check and the job fails `job_timeout` (docs/threats.md).
+        self.max_runtime_s = max_runtime_s
+        self.deadline = None if max_runtime_s is None else time.monotonic() + max_runtime_s
+        self.timed_out = threading.Event()
         self._stop = threading.Event()
         self._progress = 0.0
         self._history: list[dict[str, Any]] = []
@@ -102,7 +109,14 @@ class JobHeartbeat:
     # -- hooks handed to ensure_features and train_head ----------------------------------------
 
     def should_stop(self) -> bool:
-        return self.lost.is_set() or self.cancel_requested.is_set() or self.handback.is_set()
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.timed_out.set()
+        return (
+            self.lost.is_set()
+            or self.cancel_requested.is_set()
+            or self.handback.is_set()
+            or self.timed_out.is_set()
+        )
 
     def check(self) -> None:
         if self.should_stop():

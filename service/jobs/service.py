@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 from service.auth import Principal
 from service.db import as_utc, utcnow
 from service.errors import BadRequest, Conflict, NotFound, RateLimited, Unprocessable
+from service.heads.repository import get_head_by_tenant
+from service.heads.service import check_head_room
 from service.jobs import repository as repo
 from service.jobs.schemas import HeadVersionRef, JobCreate, JobList, JobOut
 from service.jobs.tables import FINISHED, Job, JobStatus
@@ -45,9 +47,14 @@ def enqueue(
     is locked for the check, and the unique (tenant_id, idempotency_key) constraint backs it up.
     """
     try:
-        parse_params(body.head_type, body.params)
+        params = parse_params(body.head_type, body.params)
     except InvalidParams as exc:
         raise Unprocessable(str(exc), code="invalid_params") from None
+    if params.epochs > settings.job_max_epochs:  # with the wall clock: no job runs for ever
+        raise Unprocessable(
+            f"invalid params: epochs may be at most {settings.job_max_epochs}.",
+            code="invalid_params",
+        )
     dataset = repo.get_dataset(session, body.dataset_id)
     if dataset is None or (not principal.is_admin and dataset.tenant_id != principal.tenant_id):
         raise NotFound(f"No dataset '{body.dataset_id}'.", code="dataset_not_found")
@@ -65,6 +72,14 @@ def enqueue(
             f"Dataset '{dataset.name}' has {len(counts)} label(s); a head needs at least 2.",
             code="dataset_too_small",
         )
+    if len(counts) > settings.max_labels_per_dataset:
+        raise Unprocessable(
+            f"Dataset '{dataset.name}' has {len(counts)} labels; a head may have at most "
+            f"{settings.max_labels_per_dataset}.",
+            code="too_many_labels",
+        )
+    if get_head_by_tenant(session, tenant_id, body.head) is None:
+        check_head_room(session, tenant_id, settings.max_heads_per_tenant)
     cap = settings.max_active_jobs_per_tenant
     if repo.count_active(session, tenant_id) >= cap:
         raise RateLimited(

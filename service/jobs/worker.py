@@ -45,6 +45,10 @@ log = logging.getLogger("headhub.worker")
 class PermanentJobError(Exception):
     """Retrying cannot help (dataset gone, no usable images): the job fails at once."""
 
+    def __init__(self, message: str, *, code: str = "job_failed") -> None:
+        super().__init__(message)
+        self.code = code
+
 
 def _is_permanent(exc: BaseException) -> bool:
     """Bad input fails at once; outages (extractor, database, 5xx/429 errors) are retried."""
@@ -159,6 +163,7 @@ class Worker:
             interval=s.job_heartbeat_s,
             lease_s=s.job_lease_s,
             handback=self.handback,
+            max_runtime_s=s.job_max_runtime_s,
         )
         try:
             with hb:
@@ -181,14 +186,18 @@ class Worker:
                 status = repo.retry_or_fail(
                     session, job.id, job.attempt, error=_describe(exc), now=utcnow(), delay_s=delay
                 )
-            log.warning("job %s attempt %d: %s -> %s", job.id, job.attempt, exc, status)
+            log.warning(
+                "job %s attempt %d: %s -> %s", job.id, job.attempt, exc, status, exc_info=exc
+            )
 
     def _train(self, job: ClaimedJob, hb: JobHeartbeat) -> tuple[Any, list[str], dict[str, Any]]:
         from service.datasets.features import ensure_features, load_features
 
         with session_scope(self.factory) as session:
             if repo.get_dataset(session, job.dataset_id) is None:
-                raise PermanentJobError(f"dataset {job.dataset_id} no longer exists")
+                raise PermanentJobError(
+                    f"dataset {job.dataset_id} no longer exists", code="dataset_not_found"
+                )
         client = self._extractor()
         info = client.info_sync()
         ensure_features(
@@ -198,8 +207,16 @@ class Worker:
         with session_scope(self.factory) as session:
             floats, bits, image_labels, _ = load_features(session, job.dataset_id, str(info["id"]))
         if len(image_labels) == 0:
-            raise PermanentJobError("the dataset has no image with usable features")
+            raise PermanentJobError(
+                "the dataset has no image with usable features", code="no_usable_images"
+            )
         labels = sorted(set(image_labels))
+        if len(labels) > self.settings.max_labels_per_dataset:  # metrics hold labels x labels
+            raise PermanentJobError(
+                f"the dataset has {len(labels)} labels; at most "
+                f"{self.settings.max_labels_per_dataset} are allowed",
+                code="too_many_labels",
+            )
         index = {label: i for i, label in enumerate(labels)}
         y = np.array([index[label] for label in image_labels], dtype=np.int64)
         trained = train_head(
@@ -250,6 +267,7 @@ class Worker:
                 job_id=job.id,
                 preprocessing=dict(info.get("preprocessing") or {}),
                 feature_dim=int(trained.metrics["feature_dim"]),
+                max_heads=self.settings.max_heads_per_tenant,
             )
             owner = repo.tenant_name(session, job.tenant_id)
             repo.set_head_version(
@@ -257,7 +275,16 @@ class Worker:
             )
 
     def _stopped(self, job: ClaimedJob, hb: JobHeartbeat) -> None:
-        if hb.lost.is_set():
+        if hb.timed_out.is_set() and not hb.lost.is_set():
+            limit = hb.max_runtime_s
+            self._finish(
+                job,
+                status=JobStatus.failed.value,
+                error=f"job_timeout: The job ran past its limit of {limit:g} s and was stopped; "
+                "lower epochs, or let early stopping (patience) end it sooner.",
+            )
+            log.warning("job %s attempt %d stopped after %s s", job.id, job.attempt, limit)
+        elif hb.lost.is_set():
             log.warning("job %s attempt %d lost its lease; stopped", job.id, job.attempt)
         elif hb.cancel_requested.is_set():
             self._finish(job, status=JobStatus.cancelled.value, finished_at=utcnow())
@@ -288,8 +315,40 @@ class _FencedOut(LeaseLost):
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:2000]
+    """A job's `error`: `<code>: <sentence>`, the sentence one of ours. An exception's own text
+    (a driver's message with a host name, a path, a library's internals) goes to the worker's
+    log, never to the tenant (docs/threats.md)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from extractor.client import ExtractorBadResponse, ExtractorError, ExtractorUnavailable
+
+    if isinstance(exc, HeadhubError):
+        code, text = exc.instance_code, exc.detail
+    elif isinstance(exc, InvalidParams):
+        code, text = "invalid_params", str(exc)
+    elif isinstance(exc, InvalidTrainingData):
+        code, text = "invalid_training_data", str(exc)
+    elif isinstance(exc, PermanentJobError):
+        code, text = exc.code, str(exc)
+    elif _is_permanent(exc):  # our own exceptions, with sentences we wrote
+        code, text = "job_failed", str(exc) or "the job cannot run"
+    elif isinstance(exc, ExtractorUnavailable):
+        code, text = "extractor_unavailable", "The feature extractor did not answer in time."
+    elif isinstance(exc, ExtractorBadResponse):
+        code, text = "extractor_bad_response", "The feature extractor sent an unusable answer."
+    elif isinstance(exc, ExtractorError):
+        code, text = "extractor_error", "The feature extractor could not compute the features."
+    elif isinstance(exc, OperationalError | InterfaceError):
+        code, text = "database_unavailable", "The database did not answer."
+    elif isinstance(exc, MemoryError):
+        code, text = "out_of_memory", "The job ran out of memory."
+    else:
+        code, text = (
+            "internal_error",
+            "The job failed unexpectedly; the operator's worker log has the details under "
+            "this job's id.",
+        )
+    return f"{code}: {text}"[:2000]
 
 
 def main(settings: Settings, concurrency: int = 1) -> int:

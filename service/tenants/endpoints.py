@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from service.deps import AdminDep, OwnerDep, SessionDep
+from service.deps import AdminDep, OwnerDep, SessionDep, SettingsDep
 from service.tenants import repository as repo
 from service.tenants import service
 from service.tenants.schemas import (
@@ -45,12 +45,23 @@ def list_tenants(
 
 @router.post("/{tenant}/keys", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
 def create_key(
-    tenant: str, body: KeyCreate, request: Request, session: SessionDep, principal: OwnerDep
+    tenant: str,
+    body: KeyCreate,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: OwnerDep,
 ) -> KeyCreated:
-    """Issue a key. The full key is in this response only; only a keyed hash is stored."""
+    """Issue a key. The full key is in this response only; only a keyed hash is stored. A tenant
+    holds at most `HEADHUB_MAX_KEYS_PER_TENANT` keys that are not revoked (409)."""
     t = service.tenant_for(session, principal, tenant)
     key, full = service.create_key(
-        session, t, scope=body.scope, name=body.name, pepper=request.app.state.pepper
+        session,
+        t,
+        scope=body.scope,
+        name=body.name,
+        pepper=request.app.state.pepper,
+        max_keys=settings.max_keys_per_tenant,
     )
     return KeyCreated(**KeyOut.model_validate(key).model_dump(), key=full)
 

@@ -34,8 +34,15 @@ def tenant_for(session: Session, principal: Principal, name: str) -> Tenant:
 
 
 def create_key(
-    session: Session, tenant: Tenant, *, scope: str, name: str, pepper: bytes
+    session: Session, tenant: Tenant, *, scope: str, name: str, pepper: bytes, max_keys: int
 ) -> tuple[ApiKey, str]:
+    repo.lock_tenant(session, tenant.id)  # the cap holds when creations race
+    if repo.count_active_keys(session, tenant.id) >= max_keys:
+        raise Conflict(
+            f"Tenant '{tenant.name}' has {max_keys} keys that are not revoked, the limit; "
+            "revoke one first.",
+            code="key_quota_exceeded",
+        )
     key_id, full, secret_hash = generate_key(pepper)
     key = ApiKey(id=key_id, tenant_id=tenant.id, scope=scope, name=name, secret_hash=secret_hash)
     session.add(key)
