@@ -432,7 +432,8 @@ def test_owner_cancels_a_running_job(personas: dict[str, Persona]) -> None:
     go(page, "Training")
     page.get_by_label("Head name").fill("colours-binary")
     page.get_by_label("Head type").select_option("binary")
-    page.get_by_label("Trainer parameters").fill('{"epochs": 100000, "patience": 0}')
+    # Long enough to be caught running on any machine: 5,000 epochs of one-example steps.
+    page.get_by_label("Trainer parameters").fill('{"epochs": 5000, "patience": 0, "batch_size": 1}')
     page.get_by_role("button", name="Start training").click()
     expect(page.locator(".facts .badge")).to_have_text("running", timeout=60_000)
     page.get_by_role("button", name="Cancel job").click()
