@@ -39,6 +39,7 @@ __all__ = [
     "Served",
     "checkpoint_file_name",
     "default_checkpoint_dir",
+    "describe_checkpoint",
     "install_checkpoint",
 ]
 
@@ -60,6 +61,25 @@ def default_checkpoint_dir() -> Path:
     if explicit:
         return Path(explicit)
     return Path(os.environ.get("HEADHUB_DATA_DIR") or ".headhub") / "extractors"
+
+
+def describe_checkpoint(data: bytes) -> dict[str, Any]:
+    """The `/v1/info` fields of a checkpoint file's bytes, read from its metadata alone (no
+    network is built): what the service's registry stores about an extractor."""
+    meta = read_metadata(data)
+    counts = meta["parameters"]
+    n = int(counts["binary"]) + int(counts["real"])
+    return {
+        "id": checkpoint_id(data),
+        "architecture": meta["arch"],
+        "input_size": list(meta["pretrained_cfg"]["input_size"]),
+        "feature_dim": int(meta["feature_dim"]),
+        "parameters": n,
+        "size_bytes": len(data),
+        "bits_per_weight": round(8 * len(data) / n, 3),
+        "preprocessing": meta["pretrained_cfg"],
+        "provenance": meta.get("provenance") or {},
+    }
 
 
 def install_checkpoint(source: Path, directory: Path) -> str:

@@ -77,8 +77,19 @@ def serve(
     threads: int | None = typer.Option(
         None, help="torch intra-op threads (default: torch's, one per physical core)"
     ),
+    checkpoint_dir: Path | None = typer.Option(
+        None,
+        envvar="HEADHUB_EXTRACTOR_DIR",
+        help="more checkpoints, each named <id>.safetensors, served beside the default "
+        "(`headhub up` passes extractors/ under its data directory)",
+    ),
 ) -> None:
-    """Serve features over HTTP: load the network once, frozen, and batch requests dynamically."""
+    """Serve features over HTTP: load the networks once, frozen, and batch requests dynamically.
+
+    The default checkpoint answers `/v1/info` and unqualified feature requests; every checkpoint
+    of the directory is served too (`POST /v1/features?extractor=<id>`), each with its own
+    micro-batcher, and one copied in later is loaded on its first request.
+    """
     import contextlib
 
     import torch
@@ -101,9 +112,35 @@ def serve(
             max_wait_ms=max_wait_ms,
             queue_size=queue_size,
             threads=threads,
+            checkpoint_dir=checkpoint_dir,
         )
     # log_config=None: uvicorn's loggers write through the JSON handler like every other logger
     uvicorn.run(app_, host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command()
+def install(
+    checkpoint: Path = typer.Argument(..., help="checkpoint (.safetensors) to serve"),
+    directory: Path | None = typer.Option(
+        None,
+        "--dir",
+        envvar="HEADHUB_EXTRACTOR_DIR",
+        help="the extractor processes' checkpoint directory (default: extractors/ under "
+        "HEADHUB_DATA_DIR)",
+    ),
+) -> None:
+    """Copy a checkpoint into the extractor directory as <id>.safetensors and print its id.
+
+    Every extractor process reading that directory serves it from its next request for the id;
+    register it with `headhub extractors register ID`.
+    """
+    from extractor.catalog import default_checkpoint_dir, install_checkpoint
+
+    target_dir = directory or default_checkpoint_dir()
+    with _exit_on(CheckpointError, OSError):
+        ident = install_checkpoint(checkpoint, target_dir)
+    typer.echo(f"installed {target_dir}/{ident}.safetensors")
+    typer.echo(ident)
 
 
 @app.command()

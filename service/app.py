@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +15,8 @@ from service.console import router as console_router
 from service.datasets.endpoints import router as datasets_router
 from service.db import make_engine, make_sessionmaker
 from service.errors import install_error_handlers
+from service.extractors.endpoints import head_moves_router
+from service.extractors.endpoints import router as extractors_router
 from service.heads.endpoints import admin_router as admin_heads_router
 from service.heads.endpoints import router as heads_router
 from service.http.guard import BodyGuardMiddleware, SecurityHeadersMiddleware
@@ -38,12 +42,25 @@ ROUTERS: list[APIRouter] = [
     datasets_router,
     jobs_router,
     heads_router,
+    head_moves_router,
     admin_heads_router,
     marketplace_router,
     predict_router,
     extractor_info_router,
+    extractors_router,
     console_router,  # /v1/whoami, then the console's static files (not in the OpenAPI document)
 ]
+
+
+async def _register_default(app: FastAPI) -> None:
+    from service.db import session_scope
+    from service.extractors.endpoints import registry_default
+
+    try:
+        with session_scope(app.state.sessionmaker) as session:
+            await registry_default(session, app.state.extractor)
+    except Exception as exc:  # the database may be down: GET /v1/extractor(s) tries again
+        logging.getLogger("headhub.extractors").info("default extractor not registered: %s", exc)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -65,9 +82,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.extractor = ExtractorClient(
             settings.extractor_urls, timeout=settings.extractor_timeout_s
         )
+        # The extractor processes' default becomes the registry's default if it has none (first
+        # start after an upgrade); in the background, so a down extractor never delays startup.
+        registering = asyncio.create_task(_register_default(app))
         try:
             yield
         finally:
+            registering.cancel()
             app.state.invalidation_listener.stop()
             await app.state.extractor.aclose()
             app.state.engine.dispose()

@@ -20,12 +20,18 @@ class HeadhubError(Exception):
     title: ClassVar[str] = "Bad request"
 
     def __init__(
-        self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.instance_code = code or self.code
         self.headers = headers or {}
+        self.extra = extra or {}  # more members of the problem document (e.g. `heads`)
 
 
 class BadRequest(HeadhubError):
@@ -50,6 +56,10 @@ class NotFound(HeadhubError):
 
 class Conflict(HeadhubError):
     status, code, title = 409, "conflict", "Conflict"
+
+
+class Gone(HeadhubError):
+    status, code, title = 410, "gone", "Gone"
 
 
 class PayloadTooLarge(HeadhubError):
@@ -92,7 +102,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HeadhubError)
     async def _headhub(_: Request, exc: HeadhubError) -> JSONResponse:
-        return problem(exc.status, exc.title, exc.detail, exc.instance_code, exc.headers)
+        return problem(
+            exc.status, exc.title, exc.detail, exc.instance_code, exc.headers, **exc.extra
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

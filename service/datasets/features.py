@@ -28,7 +28,8 @@ ProgressCallback = Callable[[int, int], None]
 
 
 class SyncExtractor(Protocol):
-    """The part of `extractor.client.ExtractorClient` the cache uses."""
+    """The part of `extractor.client.ExtractorClient` the cache uses (`extractor_id` is passed
+    only when one is named: fakes of a one-extractor world need not take it)."""
 
     def info_sync(self) -> dict[str, Any]: ...
 
@@ -68,20 +69,23 @@ def _rows(extractor_id: str, shas: list[str], batch: FeatureBatch) -> list[dict[
 
 
 def _compute(
-    client: SyncExtractor, extractor_id: str, files: list[tuple[str, bytes]]
+    client: SyncExtractor, extractor_id: str, files: list[tuple[str, bytes]], named: bool = False
 ) -> list[dict[str, object]]:
-    """One batch through the extractor; if it refuses an image, go one by one and skip that one."""
+    """One batch through the extractor; if it refuses an image, go one by one and skip that one.
+
+    `named`: ask the replicas for `extractor_id` explicitly (several served side by side)."""
     if not files:
         return []
+    kw: dict[str, Any] = {"extractor_id": extractor_id} if named else {}
     try:
-        return _rows(extractor_id, [f[0] for f in files], client.features_sync(files))
+        return _rows(extractor_id, [f[0] for f in files], client.features_sync(files, **kw))
     except ExtractorRejectedImage as exc:
         if len(files) == 1:
             log.warning("extractor refused image %s: %s", files[0][0], exc)
             return []
     rows: list[dict[str, object]] = []
     for sha, data in files:
-        rows += _compute(client, extractor_id, [(sha, data)])
+        rows += _compute(client, extractor_id, [(sha, data)], named)
     return rows
 
 
@@ -93,13 +97,17 @@ def ensure_features(
     blobs: BlobStore,
     batch_size: int = 32,
     progress_cb: ProgressCallback | None = None,
+    extractor_id: str | None = None,
 ) -> int:
-    """Compute and store the dataset's missing features for the extractor now serving.
+    """Compute and store the dataset's missing features for `extractor_id` (None: the
+    replicas' default extractor).
 
     Idempotent and safe to run concurrently (rows another run stored first are kept). Commits
     after every batch, so an interrupted run keeps its progress. Returns how many were computed.
     """
-    extractor_id = str(extractor_client.info_sync()["id"])
+    named = extractor_id is not None
+    if extractor_id is None:
+        extractor_id = str(extractor_client.info_sync()["id"])
     with session_scope(session_factory) as session:
         missing = repo.missing_feature_shas(session, dataset_id, extractor_id)
     total, done, computed = len(missing), 0, 0
@@ -113,7 +121,7 @@ def ensure_features(
                 files.append((sha, blobs.get(image_key(sha))))
             except BlobNotFound:
                 log.warning("image %s of dataset %s has no blob; skipped", sha, dataset_id)
-        rows = _compute(extractor_client, extractor_id, files)
+        rows = _compute(extractor_client, extractor_id, files, named)
         with session_scope(session_factory) as session:
             repo.insert_features(session, rows)
         done += len(shas)
@@ -158,6 +166,14 @@ class BackgroundFeaturizer:
         self._running: set[str] = set()
         self._again: set[str] = set()
 
+    def _default_extractor(self) -> str | None:
+        """The registry's default extractor (what new jobs train on); None: the replicas'."""
+        from service.extractors.repository import get_default
+
+        with session_scope(self.session_factory) as session:
+            found = get_default(session)
+            return None if found is None else found.id
+
     def __call__(self, dataset_id: str) -> None:
         with self._lock:
             if dataset_id in self._running:
@@ -167,7 +183,13 @@ class BackgroundFeaturizer:
         try:
             while True:
                 try:
-                    ensure_features(self.session_factory, self.client, dataset_id, blobs=self.blobs)
+                    ensure_features(
+                        self.session_factory,
+                        self.client,
+                        dataset_id,
+                        blobs=self.blobs,
+                        extractor_id=self._default_extractor(),
+                    )
                 except Exception as exc:
                     log.warning("background featurize of dataset %s failed: %s", dataset_id, exc)
                 with self._lock:

@@ -34,6 +34,10 @@ class ClaimedJob:
     params: dict[str, Any]
     validation_fraction: float
     seed: int
+    kind: str = "train"  # or "move" (service/jobs/moving.py)
+    extractor_id: str | None = None  # None: the replicas' default extractor
+    from_version: int | None = None
+    promote_if_not_worse: bool = False
 
 
 class LeaseLost(Exception):

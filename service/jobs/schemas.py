@@ -42,6 +42,12 @@ class JobCreate(BaseModel):
         "Unknown keys are refused.",
     )
     priority: int = Field(0, ge=-10, le=10, description="Order among this tenant's own jobs.")
+    extractor_id: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The extractor whose features train the head (`GET /v1/extractors`); "
+        "default: the default extractor.",
+    )
 
 
 class HeadVersionRef(BaseModel):
@@ -51,6 +57,9 @@ class HeadVersionRef(BaseModel):
 class JobOut(BaseModel):
     id: str
     owner: str
+    kind: Literal["train", "move"] = Field(
+        "train", description="`move`: a version retrained on another extractor."
+    )
     status: JobStatusName
     progress: float = Field(ge=0.0, le=1.0)
     attempt: int
@@ -65,6 +74,11 @@ class JobOut(BaseModel):
     validation_fraction: float
     seed: int
     priority: int
+    extractor_id: str | None = Field(
+        None, description="The extractor it trains on; null: the default at run time."
+    )
+    from_version: int | None = Field(None, description="A move's source version.")
+    promote_if_not_worse: bool = False
     cancel_requested: bool
     idempotency_key: str | None
     created_at: datetime

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from service.auth import Principal
 from service.db import as_utc, utcnow
 from service.errors import BadRequest, Conflict, NotFound, RateLimited, Unprocessable
+from service.extractors.service import for_training
 from service.heads.repository import get_head_by_tenant
 from service.heads.service import check_head_room
 from service.jobs import repository as repo
@@ -29,7 +30,11 @@ def backoff_s(attempt: int, settings: Settings) -> float:
 
 
 def _request_hash(body: JobCreate) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # Without an extractor_id the body hashes as before it existed (keys reused across upgrade).
+    doc = body.model_dump(
+        mode="json", exclude={"extractor_id"} if body.extractor_id is None else None
+    )
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -66,6 +71,7 @@ def enqueue(
         existing = repo.get_by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return _same_request(existing, request_hash)
+    extractor_id = for_training(session, body.extractor_id)  # 404 unknown, 409 retired
     counts = repo.label_counts(session, dataset.id)
     if len(counts) < 2:
         raise Unprocessable(
@@ -100,6 +106,7 @@ def enqueue(
         run_after=utcnow(),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        extractor_id=extractor_id,
     )
     session.add(job)
     try:
@@ -158,6 +165,7 @@ def to_out(job: Job, owner: str) -> JobOut:
     return JobOut(
         id=job.id,
         owner=owner,
+        kind=job.kind,  # type: ignore[arg-type]
         status=job.status,  # type: ignore[arg-type]
         progress=min(1.0, max(0.0, job.progress or 0.0)),
         attempt=job.attempt,
@@ -172,6 +180,9 @@ def to_out(job: Job, owner: str) -> JobOut:
         validation_fraction=job.validation_fraction,
         seed=job.seed,
         priority=job.priority,
+        extractor_id=job.extractor_id,
+        from_version=job.from_version,
+        promote_if_not_worse=bool(job.promote_if_not_worse),
         cancel_requested=job.cancel_requested,
         idempotency_key=job.idempotency_key,
         created_at=as_utc(job.created_at),

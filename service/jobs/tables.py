@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -65,6 +66,17 @@ class Job(Base):
     validation_fraction: Mapped[float] = mapped_column(Float, default=0.2)
     seed: Mapped[int] = mapped_column(Integer, default=0)
     priority: Mapped[int] = mapped_column(Integer, default=0)  # higher first, within a tenant
+    # "train": a head from a dataset; "move": a version retrained on another extractor
+    # (docs/architecture.md, "Extractor lifecycle").
+    kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
+    # The extractor whose features train the head; None: whatever the replicas serve by default
+    # (jobs queued before the registry knew a default).
+    extractor_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    from_version: Mapped[int | None] = mapped_column(Integer, default=None)  # a move's source
+    promote_if_not_worse: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    bulk_move_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
 
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # +1 at every claim: the fence token

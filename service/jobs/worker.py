@@ -144,6 +144,10 @@ class Worker:
                 params=dict(job.params or {}),
                 validation_fraction=job.validation_fraction,
                 seed=job.seed,
+                kind=job.kind,
+                extractor_id=job.extractor_id,
+                from_version=job.from_version,
+                promote_if_not_worse=job.promote_if_not_worse,
             )
 
     def run_once(self, worker_id: str | None = None) -> bool:
@@ -193,15 +197,25 @@ class Worker:
     def _train(self, job: ClaimedJob, hb: JobHeartbeat) -> tuple[Any, list[str], dict[str, Any]]:
         from service.datasets.features import ensure_features, load_features
 
+        if job.kind == "move":
+            from service.jobs.moving import run_move
+
+            return run_move(self.factory, self._extractor(), self.blobs, job, hb)
+
         with session_scope(self.factory) as session:
             if repo.get_dataset(session, job.dataset_id) is None:
                 raise PermanentJobError(
                     f"dataset {job.dataset_id} no longer exists", code="dataset_not_found"
                 )
         client = self._extractor()
-        info = client.info_sync()
+        info = self._extractor_info(client, job.extractor_id)
         ensure_features(
-            self.factory, client, job.dataset_id, blobs=self.blobs, progress_cb=hb.features_progress
+            self.factory,
+            client,
+            job.dataset_id,
+            blobs=self.blobs,
+            progress_cb=hb.features_progress,
+            extractor_id=job.extractor_id,
         )
         hb.check()
         with session_scope(self.factory) as session:
@@ -270,6 +284,10 @@ class Worker:
                 max_heads=self.settings.max_heads_per_tenant,
             )
             owner = repo.tenant_name(session, job.tenant_id)
+            if job.kind == "move":
+                from service.jobs.moving import settle_aliases
+
+                settle_aliases(session, job, version)
             repo.set_head_version(
                 session, job.id, version.id, f"{owner}/{job.head_name}:{version.version}"
             )
@@ -299,6 +317,21 @@ class Worker:
         with session_scope(self.factory) as session:
             if not repo.finish(session, job.id, job.attempt, lease_expires_at=None, **values):
                 log.warning("job %s attempt %d: final write fenced out", job.id, job.attempt)
+
+    def _extractor_info(self, client: Any, extractor_id: str | None) -> dict[str, Any]:
+        """The extractor a job trains on: the one it names, else the replicas' default, which is
+        registered as the registry's default if there is none yet (first start after upgrade)."""
+        if extractor_id is not None:
+            return dict(client.info_sync(extractor_id=extractor_id))
+        info = dict(client.info_sync())
+        try:
+            from service.extractors.service import ensure_default
+
+            with session_scope(self.factory) as session:
+                ensure_default(session, info)
+        except Exception:  # the registry is a convenience here: never fail a job over it
+            log.exception("could not register the default extractor")
+        return info
 
     def _extractor(self) -> Any:
         if self.extractor is None:

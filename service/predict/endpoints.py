@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from extractor.client import ExtractorNotServed
 from extractor.web.requests import current_request_id
 from service.deps import BlobsDep, ExtractorDep, PredictDep, SessionDep, SettingsDep
-from service.errors import BadGateway, PayloadTooLarge
+from service.errors import BadGateway, PayloadTooLarge, ServiceUnavailable
+from service.extractors import service as extractors
 from service.heads.deps import HeadCacheDep
 from service.predict import service
 from service.predict.extractor_errors import extractor_errors
@@ -23,14 +26,49 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
     404: {"description": "A named head, version or alias does not exist or is not visible."},
     403: {"description": "A named head is suspended."},
     409: {"description": "`extractor_mismatch`: a head expects another extractor or width."},
+    410: {
+        "description": "`extractor_retired`: a head was trained on a retired extractor; "
+        "`replacement` names its newest version on an active one, if any."
+    },
     422: {"description": "Malformed reference, image or features."},
+}
+_DEPRECATION_HEADERS: dict[str, Any] = {
+    "Deprecation": {
+        "description": "A head was trained on a deprecated extractor (RFC 9745): `@<unix time>` "
+        "of the deprecation.",
+        "schema": {"type": "string"},
+    },
+    "Sunset": {
+        "description": "When that extractor is to be retired (RFC 8594), if set.",
+        "schema": {"type": "string"},
+    },
 }
 
 
-async def _features(extractor: Any, files: list[tuple[str, bytes]], request_id: str) -> Any:
-    """Call the extractor and map its failures: down -> 503, garbage -> 502, bad image -> 4xx."""
-    with extractor_errors(extractor):
-        return await extractor.features(files, request_id=request_id)
+async def _features(
+    extractor: Any,
+    files: list[tuple[str, bytes]],
+    request_id: str,
+    extractor_id: str,
+    planned: list[service.PlannedHead],
+    registered: dict[str, Any],
+) -> Any:
+    """Call one extractor and map its failures: down -> 503, garbage -> 502, bad image -> 4xx;
+    an extractor no replica serves is 409 for a head pinned to an unknown one, 503 for a
+    registered one (the operator's processes lack its file)."""
+    try:
+        with extractor_errors(extractor):
+            return await extractor.features(files, request_id=request_id, extractor_id=extractor_id)
+    except ExtractorNotServed as exc:
+        if extractor_id in registered:
+            raise ServiceUnavailable(
+                f"Extractor {extractor_id[:12]}... is registered but no extractor process "
+                "serves it now; retry shortly.",
+                code="extractor_unavailable",
+                retry_after=30,
+            ) from exc
+        head = next(p for p in planned if p.extractor_id == extractor_id)
+        raise service.mismatch(head, None) from exc
 
 
 def _check_batch(batch: Any, n: int) -> None:
@@ -42,9 +80,14 @@ def _check_batch(batch: Any, n: int) -> None:
         )
 
 
-@router.post("", response_model=PredictResponse, responses=_PROBLEMS)
+@router.post(
+    "",
+    response_model=PredictResponse,
+    responses={**_PROBLEMS, 200: {"description": "Scores", "headers": _DEPRECATION_HEADERS}},
+)
 async def predict(
     request: Request,
+    response: Response,
     session: SessionDep,
     principal: PredictDep,
     settings: SettingsDep,
@@ -61,31 +104,48 @@ async def predict(
     files: Annotated[list[UploadFile], File(description="One or more images.")],
     top_k: Annotated[int, Query(ge=1, le=100)] = 5,
 ) -> PredictResponse:
-    """Score images with one or more heads; each image goes through the extractor once."""
+    """Score images with one or more heads, which may be pinned to different extractors: each
+    image goes once through each extractor needed. A head on a deprecated extractor answers with
+    `Deprecation` and `Sunset` headers; one on a retired extractor is 410."""
     if len(files) > settings.max_files_per_request:
         raise PayloadTooLarge(
             f"At most {settings.max_files_per_request} files per request.", code="too_many_files"
         )
     planned = await run_in_threadpool(service.plan, session, blobs, cache, principal, [heads])
+    registered, deprecated = await run_in_threadpool(
+        extractors.gate, session, [(p.head_id, p.ref, p.extractor_id) for p in planned]
+    )
     # End the read transaction (keeping the key's last-use stamp) before the network call, so no
     # database lock or connection is held while the extractor works.
     await run_in_threadpool(session.commit)
     parts = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
     request_id = current_request_id() or uuid.uuid4().hex  # the id the response echoes
-    batch = await _features(extractor, parts, request_id)
-    service.check_extractor(planned, batch.extractor_id)
-    _check_batch(batch, len(parts))
+    ids = service.extractor_ids(planned)
+    batches = await asyncio.gather(
+        *(_features(extractor, parts, request_id, eid, planned, registered) for eid in ids)
+    )
+    features: dict[str, tuple[Any, Any]] = {}
+    for eid, batch in zip(ids, batches, strict=True):
+        service.check_extractor([p for p in planned if p.extractor_id == eid], batch.extractor_id)
+        _check_batch(batch, len(parts))
+        features[eid] = (batch.floats, batch.bits)
     names = [name for name, _ in parts]
     results = await run_in_threadpool(
-        service.run_heads, planned, batch.floats, batch.bits, names, top_k
+        service.run_heads_per_extractor, planned, features, names, top_k
     )
     await run_in_threadpool(service.record_usage, session, planned, principal, len(parts))
-    return PredictResponse(extractor_id=batch.extractor_id, results=results)
+    response.headers.update(extractors.deprecation_headers(deprecated))
+    return PredictResponse(
+        extractor_id=ids[0],
+        extractors={p.ref: p.extractor_id for p in planned},
+        results=results,
+    )
 
 
 @router.post("/features", response_model=PredictResponse, responses=_PROBLEMS)
 def predict_features(
     body: FeaturesRequest,
+    response: Response,
     session: SessionDep,
     principal: PredictDep,
     blobs: BlobsDep,
@@ -93,9 +153,15 @@ def predict_features(
 ) -> PredictResponse:
     """Run only the heads on features the client computed with its own copy of the extractor."""
     planned = service.plan(session, blobs, cache, principal, body.heads)
+    _, deprecated = extractors.gate(session, [(p.head_id, p.ref, p.extractor_id) for p in planned])
     service.check_extractor(planned, body.extractor_id)
     floats, bits = service.parse_feature_input(body.features, planned)
     names = [f"features[{i}]" for i in range(len(body.features))]
     results = service.run_heads(planned, floats, bits, names, body.top_k)
     service.record_usage(session, planned, principal, len(names))
-    return PredictResponse(extractor_id=body.extractor_id, results=results)
+    response.headers.update(extractors.deprecation_headers(deprecated))
+    return PredictResponse(
+        extractor_id=body.extractor_id,
+        extractors={p.ref: p.extractor_id for p in planned},
+        results=results,
+    )

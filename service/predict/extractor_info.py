@@ -1,7 +1,8 @@
-"""`GET /v1/extractor`: which extractor this service runs, for apps that featurize on device.
+"""`GET /v1/extractor`: the default extractor, for apps that featurize on device.
 
 A client that computes features itself needs the extractor's id (for `POST /v1/predict/features`),
-its input size and feature width; the extractor process serves the same document at `/v1/info`.
+its input size and feature width. The default is the registry's (`GET /v1/extractors` lists
+them all); before the registry has one, the extractor processes' own `/v1/info` answers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from service.deps import ExtractorDep, PredictDep
+from service.deps import ExtractorDep, PredictDep, SessionDep
 from service.predict.extractor_errors import extractor_errors
 
 router = APIRouter(tags=["prediction"])
@@ -40,8 +41,22 @@ class ExtractorInfo(BaseModel):
 
 
 @router.get("/v1/extractor", response_model=ExtractorInfo)
-async def extractor_info(_: PredictDep, extractor: ExtractorDep) -> ExtractorInfo:
-    """The extractor's id, architecture, input size, feature width and size on disk."""
+async def extractor_info(
+    session: SessionDep, _: PredictDep, extractor: ExtractorDep
+) -> ExtractorInfo:
+    """The default extractor's id, architecture, input size, feature width and size on disk
+    (what new jobs train on)."""
+    from starlette.concurrency import run_in_threadpool
+
+    from service.extractors import repository, service
+    from service.extractors.endpoints import registry_default
+
+    found = await registry_default(session, extractor)
+    if found is not None:
+        out = await run_in_threadpool(
+            lambda: service.to_out(found, repository.pinned_counts(session))
+        )
+        return ExtractorInfo.model_validate(out.model_dump(mode="json"))
     with extractor_errors(extractor):
         info = await extractor.info()
     return ExtractorInfo.model_validate(info)

@@ -11,6 +11,7 @@ MAX_FEATURE_ROWS = 1024
 
 RESULT_EXAMPLE: dict[str, Any] = {
     "extractor_id": "9f2c0d1e" + "0" * 56,
+    "extractors": {"acme/flowers:3": "9f2c0d1e" + "0" * 56, "globex/colours:1": "4a7b" + "0" * 60},
     "results": [
         {
             "filename": "garden.jpg",
@@ -41,7 +42,11 @@ class ImageResult(BaseModel):
 class PredictResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [RESULT_EXAMPLE]})
 
-    extractor_id: str
+    extractor_id: str = Field(description="The extractor of the first head named.")
+    extractors: dict[str, str] = Field(
+        default_factory=dict,
+        description="Which extractor served each head: resolved reference -> extractor id.",
+    )
     results: list[ImageResult]
 
 

@@ -1,8 +1,10 @@
-"""Prediction: resolve heads, get features once, evaluate every head, meter usage.
+"""Prediction: resolve heads, get features once per extractor, evaluate every head, meter usage.
 
 Resolution happens entirely before the extractor is called, so a bad reference costs no image
 pass; the resolved heads are copied into plain values so the endpoint can end its database
-transaction while it waits on the extractor.
+transaction while it waits on the extractor. Heads may be pinned to different extractors: the
+images go once to each extractor needed (`extractor_ids`), and each head is evaluated on its own
+extractor's features.
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ class PlannedHead:
     ref: str  # resolved: owner/name:version
     head: HeadFile
 
+    @property
+    def extractor_id(self) -> str:
+        return self.head.extractor_id
+
+
+def extractor_ids(planned: list[PlannedHead]) -> list[str]:
+    """The extractors the heads need, each once, in the order the heads were named."""
+    return list(dict.fromkeys(p.extractor_id for p in planned))
+
 
 def plan(
     session: Session,
@@ -54,18 +65,48 @@ def plan(
         resolved = heads.resolve_for_use(session, principal, ref)
         head_file = heads.load_head(blobs, cache, resolved)
         if all(p.ref != resolved.ref for p in planned):
-            planned.append(PlannedHead(resolved.head.id, resolved.ref, head_file))
+            planned.append(PlannedHead(resolved.head_id, resolved.ref, head_file))
     return planned
 
 
 def check_extractor(planned: list[PlannedHead], extractor_id: str) -> None:
     for p in planned:
         if p.head.extractor_id != extractor_id:
-            raise Conflict(
-                f"Head '{p.ref}' was trained on extractor {p.head.extractor_id[:12]}..., "
-                f"not on {extractor_id[:12]}...; retrain it or use a matching extractor.",
-                code="extractor_mismatch",
-            )
+            raise mismatch(p, extractor_id)
+
+
+def mismatch(p: PlannedHead, extractor_id: str | None) -> Conflict:
+    other = f"not on {extractor_id[:12]}..." if extractor_id else "which no extractor serves"
+    return Conflict(
+        f"Head '{p.ref}' was trained on extractor {p.head.extractor_id[:12]}..., {other}; "
+        "retrain it, move it, or use a matching extractor.",
+        code="extractor_mismatch",
+    )
+
+
+def run_heads_per_extractor(
+    planned: list[PlannedHead],
+    features: dict[str, tuple[np.ndarray | None, np.ndarray | None]],
+    names: list[str],
+    top_k: int,
+) -> list[ImageResult]:
+    """`run_heads` for heads on several extractors: each on its extractor's (floats, bits);
+    predictions keep the order the heads were named in."""
+    parts = {
+        eid: run_heads([p for p in planned if p.extractor_id == eid], *features[eid], names, top_k)
+        for eid in extractor_ids(planned)
+    }
+    return [
+        ImageResult(
+            filename=name,
+            predictions={
+                p.ref: parts[p.extractor_id][i].predictions[p.ref]
+                for p in planned
+                if p.ref in parts[p.extractor_id][i].predictions
+            },
+        )
+        for i, name in enumerate(names)
+    ]
 
 
 def run_heads(

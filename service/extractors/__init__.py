@@ -1,0 +1,1 @@
+"""The extractor registry: which extractors heads may be pinned to, their lifecycle, and moves."""
