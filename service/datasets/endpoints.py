@@ -97,13 +97,12 @@ def delete_dataset(
     request: Request,
     session: SessionDep,
     principal: OwnerDep,
-    blobs: BlobsDep,
     background: BackgroundTasks,
 ) -> Response:
-    """Delete the dataset and its images; image bytes no other dataset holds are removed after
-    the deletion has committed."""
+    """Delete the dataset and its images; image bytes no other dataset holds are removed by
+    `headhub gc` once they are older than its grace period."""
     shas = service.delete_dataset(session, principal, dataset_id)
-    background.add_task(service.collect_blobs, request.app.state.sessionmaker, blobs, shas)
+    background.add_task(service.forget_features, request.app.state.sessionmaker, shas)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -183,10 +182,9 @@ def delete_image(
     request: Request,
     session: SessionDep,
     principal: OwnerDep,
-    blobs: BlobsDep,
     background: BackgroundTasks,
 ) -> Response:
     """Remove one image (e.g. a mislabeled one); re-upload it with the right label after."""
     service.delete_image(session, principal, dataset_id, sha256)
-    background.add_task(service.collect_blobs, request.app.state.sessionmaker, blobs, [sha256])
+    background.add_task(service.forget_features, request.app.state.sessionmaker, [sha256])
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -166,19 +166,19 @@ def delete_image(session: Session, principal: Principal, dataset_id: str, sha256
     session.flush()
 
 
-def collect_blobs(session_factory: sessionmaker[Session], blobs: BlobStore, shas: list[str]) -> int:
-    """After a delete has committed: drop blobs and features no dataset of any tenant holds."""
-    removed = 0
+def forget_features(session_factory: sessionmaker[Session], shas: list[str]) -> int:
+    """After a delete has committed: drop the cached features of images no dataset of any tenant
+    holds. Their bytes stay until `headhub gc` finds them unreferenced *and* older than its grace
+    period: deleting them here raced another tenant's upload of the same bytes, whose blob was
+    written but whose row was not committed yet (docs/threats.md)."""
     try:
         with session_scope(session_factory) as session:
             orphans = repo.unreferenced(session, shas)
             repo.delete_features(session, orphans)
-            for sha in orphans:
-                blobs.delete(image_key(sha))
-                removed += 1
-    except Exception as exc:  # best effort: an orphan blob is wasted space, not wrong data
-        log.warning("blob clean-up after dataset delete failed: %s", exc)
-    return removed
+            return len(orphans)
+    except Exception as exc:  # best effort: a stale feature row is wasted space, not wrong data
+        log.warning("feature clean-up after a delete failed: %s", exc)
+        return 0
 
 
 def _as_error(exc: ImageRejected) -> HeadhubError:

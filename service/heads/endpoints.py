@@ -63,9 +63,10 @@ def list_heads(
 
 @router.get("/{owner}/{name}", response_model=HeadOut, responses=_PROBLEMS)
 def get_head(owner: Owner, name: Name, session: SessionDep, principal: PredictDep) -> HeadOut:
-    """A head with its aliases and versions: own, public, or any for an admin."""
+    """A head with its aliases and versions: own, public, or any for an admin. Another tenant's
+    public head shows no dataset or job ids and no per-class image counts."""
     head = service.find_visible(session, principal, owner, name)
-    return views.head_out(session, owner, head)
+    return views.head_out(session, owner, head, full=views.sees_everything(principal, head))
 
 
 @router.patch("/{owner}/{name}", response_model=HeadOut, responses=_PROBLEMS)
@@ -85,10 +86,17 @@ def update_head(
 def get_version(
     owner: Owner, name: Name, version: Version, session: SessionDep, principal: PredictDep
 ) -> HeadVersionOut:
-    """One immutable version: type, labels, extractor, metrics, provenance and blob digest."""
+    """One immutable version: type, labels, extractor, metrics, provenance and blob digest
+    (provenance and per-class image counts for its owner only)."""
     head = service.find_visible(session, principal, owner, name)
     v = service.get_version_or_404(session, head, owner, version)
-    return views.version_out(owner, head, v, repo.get_aliases(session, head.id))
+    return views.version_out(
+        owner,
+        head,
+        v,
+        repo.get_aliases(session, head.id),
+        full=views.sees_everything(principal, head),
+    )
 
 
 @router.delete(

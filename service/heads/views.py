@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 
+from service.auth import Principal
 from service.errors import BadRequest
 from service.heads import repository as repo
 from service.heads.schemas import HeadList, HeadOut, HeadSummary, HeadVersionOut
 from service.heads.tables import Head, HeadVersion
 
+# What another tenant's training says about its data: the per-class support and the confusion
+# matrix count its images per label; dataset and job ids name its private objects.
+PRIVATE_METRICS = ("confusion_matrix",)
 
-def version_out(owner: str, head: Head, v: HeadVersion, aliases: dict[str, int]) -> HeadVersionOut:
+
+def public_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A version's metrics as a tenant other than its owner sees them: per-class precision and
+    recall, no image counts per class (docs/threats.md)."""
+    out = {k: v for k, v in metrics.items() if k not in PRIVATE_METRICS}
+    per_class = out.get("per_class")
+    if isinstance(per_class, dict):
+        out["per_class"] = {
+            label: {k: v for k, v in row.items() if k != "support"}
+            if isinstance(row, dict)
+            else row
+            for label, row in per_class.items()
+        }
+    return out
+
+
+def sees_everything(principal: Principal, head: Head) -> bool:
+    """The owner and the operator see a version whole; other tenants see it redacted."""
+    return principal.is_admin or principal.tenant_id == head.tenant_id
+
+
+def version_out(
+    owner: str, head: Head, v: HeadVersion, aliases: dict[str, int], *, full: bool = True
+) -> HeadVersionOut:
+    metrics = v.metrics or {}
     return HeadVersionOut(
         ref=f"{owner}/{head.name}:{v.version}",
         version=v.version,
@@ -18,9 +48,9 @@ def version_out(owner: str, head: Head, v: HeadVersion, aliases: dict[str, int])
         labels=v.labels,
         extractor_id=v.extractor_id,
         feature_dim=v.feature_dim,
-        metrics=v.metrics or {},
-        dataset_id=v.dataset_id,
-        job_id=v.job_id,
+        metrics=metrics if full else public_metrics(metrics),
+        dataset_id=v.dataset_id if full else None,
+        job_id=v.job_id if full else None,
         size_bytes=v.size_bytes,
         sha256=v.sha256,
         aliases=sorted(a for a, n in aliases.items() if n == v.version),
@@ -28,7 +58,7 @@ def version_out(owner: str, head: Head, v: HeadVersion, aliases: dict[str, int])
     )
 
 
-def head_out(session: Session, owner: str, head: Head) -> HeadOut:
+def head_out(session: Session, owner: str, head: Head, *, full: bool = True) -> HeadOut:
     aliases = repo.get_aliases(session, head.id)
     versions = repo.list_versions(session, head.id)
     usage = repo.usage_counts(session, [head.id]).get(head.id, 0)
@@ -39,7 +69,7 @@ def head_out(session: Session, owner: str, head: Head) -> HeadOut:
         description=head.description,
         suspended=head.suspended,
         aliases=aliases,
-        versions=[version_out(owner, head, v, aliases) for v in versions],
+        versions=[version_out(owner, head, v, aliases, full=full) for v in versions],
         usage_count=usage,
         created_at=head.created_at,
         updated_at=head.updated_at,

@@ -10,6 +10,8 @@ The head cache is read from the app's cache object at scrape time too.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,8 +69,27 @@ class JobsCollector(Collector):
     that does not answer yields `headhub_metrics_database_up 0`, not a failed scrape.
     """
 
-    def __init__(self, sessionmaker: Any) -> None:
+    def __init__(self, sessionmaker: Any, ttl_s: float = 0.0) -> None:
         self.sessionmaker = sessionmaker
+        # /metrics is unauthenticated: the query result is reused this long, computed by one
+        # scrape at a time, so hammering the route costs no more than one query per period.
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._cached: tuple[float, Any] | None = None
+
+    def _read(self, table: Any) -> Any:
+        with self._lock:
+            if self._cached is not None and time.monotonic() < self._cached[0]:
+                result = self._cached[1]
+            else:
+                try:
+                    result = self._query(table) if table is not None else ({}, [])
+                except Exception as exc:  # remembered too: a down database is not hammered
+                    result = exc
+                self._cached = (time.monotonic() + self.ttl_s, result)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def collect(self) -> Iterable[Any]:
         up = GaugeMetricFamily(
@@ -76,7 +97,7 @@ class JobsCollector(Collector):
         )
         table = _jobs_table()
         try:
-            counts, durations = self._query(table) if table is not None else ({}, [])
+            counts, durations = self._read(table)
         except Exception:  # the scrape must not fail because the database is down
             log.warning("job metrics: database unavailable")
             up.add_metric([], 0)
@@ -141,7 +162,8 @@ class HeadCacheCollector(Collector):
 def app_registry(state: Any) -> CollectorRegistry:
     """A per-app registry (tests build many apps in one process; the global one allows one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(JobsCollector(state.sessionmaker))
+    ttl = float(getattr(getattr(state, "settings", None), "probe_cache_s", 0.0))
+    registry.register(JobsCollector(state.sessionmaker, ttl_s=ttl))
     registry.register(HeadCacheCollector(state))
     return registry
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,6 +11,7 @@ from extractor.client import ExtractorBadResponse, ExtractorRejectedImage, Extra
 from service.errors import BadGateway, HeadhubError, ServiceUnavailable
 
 EXTRACTOR_RETRY_AFTER_S = 5
+log = logging.getLogger("headhub.extractor")
 
 
 class ImageRejected(HeadhubError):
@@ -46,6 +48,9 @@ def extractor_errors(extractor: Any) -> Iterator[None]:
             retry_after=retry,
         ) from exc
     except ExtractorBadResponse as exc:
+        # What was wrong names an internal address: the log gets it, the client does not.
+        log.warning("extractor bad response: %s", exc)
         raise BadGateway(
-            f"The feature extractor sent an invalid answer: {exc}", code="extractor_bad_response"
+            "The feature extractor sent an invalid answer; nothing was stored.",
+            code="extractor_bad_response",
         ) from exc

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -93,6 +94,10 @@ def _check_outage(client: TestClient, ext: Any) -> None:
     assert r.status_code == 503 and r.json()["code"] == "extractor_unavailable"
     assert int(r.headers["Retry-After"]) >= 1
     assert client.get("/healthz").status_code == 200
+    # /readyz reuses its answer for HEADHUB_PROBE_CACHE_S: the outage shows once that has passed
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").status_code != 503 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert client.get("/readyz").status_code == 503
     # Heads alone still serve clients that bring their own features.
     body = {"extractor_id": info["id"], "heads": ["h"], "features": [[0.5] * info["feature_dim"]]}
