@@ -212,3 +212,30 @@ def test_blobs_live_in_the_object_store_and_limits_in_redis(raw: dict[str, Any])
     for service in services.values():
         if (service.get("command") or [""])[:2] == ["extractor", "serve"]:
             assert not {"HEADHUB_S3_SECRET_ACCESS_KEY", "HEADHUB_REDIS_URL"} & set(_env(service))
+
+
+def test_each_process_gets_only_the_secrets_it_uses(raw: dict[str, Any]) -> None:
+    """The extractors read no database, check no key and touch no blob: a compromised extractor
+    must not hold the database password, the admin key or the pepper (docs/threats.md)."""
+    secrets = {
+        "HEADHUB_DATABASE_URL",
+        "HEADHUB_ADMIN_KEY",
+        "HEADHUB_KEY_PEPPER",
+        "HEADHUB_S3_SECRET_ACCESS_KEY",
+        "HEADHUB_REDIS_URL",
+    }
+    allowed = {
+        "extractor": set(),
+        "migrate": {"HEADHUB_DATABASE_URL"},
+        "worker": {"HEADHUB_DATABASE_URL", "HEADHUB_S3_SECRET_ACCESS_KEY", "HEADHUB_REDIS_URL"},
+        "api": secrets,
+    }
+    seen = set()
+    for name, service in raw["services"].items():
+        command = (service.get("command") or [""])[0]
+        if command not in allowed:
+            continue
+        seen.add(command)
+        held = secrets & set(_env(service))
+        assert held == allowed[command], (name, held)
+    assert seen == set(allowed)
