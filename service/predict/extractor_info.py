@@ -59,4 +59,13 @@ async def extractor_info(
         return ExtractorInfo.model_validate(out.model_dump(mode="json"))
     with extractor_errors(extractor):
         info = await extractor.info()
-    return ExtractorInfo.model_validate(info)
+    return ExtractorInfo.model_validate(public_info(info))
+
+
+# What a client may learn from the extractor process's /v1/info; the rest (the inference path,
+# CPU features, the training command line of the provenance) is for operators only.
+PUBLIC_FIELDS = (*EXAMPLE, "preprocessing")
+
+
+def public_info(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: info[k] for k in PUBLIC_FIELDS if k in info}

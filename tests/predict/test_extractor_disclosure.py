@@ -84,3 +84,20 @@ def test_extractor_info_and_502s_keep_internals_inside(leaky_url, db_url, tmp_pa
         r = c.post("/v1/predict", params={"heads": "h"}, files=one_png(), headers=t.predict_headers)
         assert r.status_code == 502 and r.json()["code"] == "extractor_bad_response"
         assert "127.0.0.1" not in r.text and "http://" not in r.text, r.text
+
+
+def test_the_fallback_passes_on_public_fields_only() -> None:
+    """Before the registry has a default, /v1/extractor answers from the process's /v1/info."""
+    from service.predict.extractor_info import ExtractorInfo, public_info
+
+    shown = ExtractorInfo.model_validate(public_info(INFO)).model_dump()
+    assert set(shown) == {
+        "id",
+        "architecture",
+        "input_size",
+        "feature_dim",
+        "parameters",
+        "size_bytes",
+        "bits_per_weight",
+        "preprocessing",
+    }
