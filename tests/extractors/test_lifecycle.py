@@ -510,3 +510,42 @@ def test_the_default_moves_to_another_extractor_and_new_jobs_follow(
     r = client.patch(f"/v1/extractors/{s.default_id}", json={"default": True},
                      headers=ADMIN_HEADERS)  # fmt: skip
     assert r.status_code == 200
+
+
+# --- the extractor for the device ---------------------------------------------------------
+
+
+def test_download_gives_the_checkpoint_and_an_onnx_graph_with_the_services_features(
+    client, world, served_extractors
+) -> None:
+    import hashlib
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from extractor.imaging import preprocess_batch
+
+    s, a = served_extractors, world["a"]
+    for extractor_id in (s.default_id, s.tiny_id):  # auto-registered, and registered by POST
+        r = client.get(f"/v1/extractors/{extractor_id}/download", headers=a.predict_headers)
+        assert r.status_code == 200
+        assert hashlib.sha256(r.content).hexdigest() == extractor_id
+    r = client.get(
+        f"/v1/extractors/{s.tiny_id}/download", params={"format": "onnx"},
+        headers=a.predict_headers,
+    )  # fmt: skip
+    assert r.status_code == 200 and r.headers["content-disposition"].endswith('.onnx"')
+    files = [f for fs in colour_images(2, seed=5).values() for f in fs]
+    with ExtractorClient([s.url], timeout=30) as ext:
+        served = ext.features_sync(files, extractor_id=s.tiny_id)
+        cfg = ext.info_sync(extractor_id=s.tiny_id)["preprocessing"]
+    session = ort.InferenceSession(r.content, providers=["CPUExecutionProvider"])
+    got = session.run(["features"], {"images": preprocess_batch(files, cfg).numpy()})[0]
+    bits = np.packbits((got >= 0).astype(np.uint8), axis=1, bitorder="little")
+    assert np.array_equal(bits, served.bits)
+    r = client.get(f"/v1/extractors/{'9' * 64}/download", headers=a.predict_headers)
+    assert r.status_code == 404
+    r = client.get(
+        f"/v1/extractors/{s.tiny_id}/download", params={"format": "zip"}, headers=a.predict_headers
+    )
+    assert r.status_code == 422
