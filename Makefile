@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-sqlite lint format migration bench bench-load clean
+.PHONY: run test test-sqlite lint format migration bench bench-load audit clean
 
 $(STAMP): pyproject.toml $(wildcard setup.py)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" != 0 ] && echo "NOTICE: no chromium and not root: tests/console are SKIPPED"; } || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	$(BIN)/ruff check service extractor migrations tests bench
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
+
+## pip-audit of the installed environment against PyPI's advisories (needs that service; `make
+## test` runs it where it answers and checks tests/dependencies/advisories.toml everywhere).
+audit: $(STAMP)
+	$(BIN)/python -m pip_audit --strict --skip-editable
 
 lint: $(STAMP)
 	$(BIN)/ruff check service extractor migrations tests bench
