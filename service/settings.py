@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     # Comma-separated base URLs of extractor replicas; the client fails over between them.
     extractor_urls: Annotated[list[str], NoDecode] = ["http://127.0.0.1:8001"]
     extractor_timeout_s: float = 10.0
+    # Checkpoints the extractor processes serve beside their default, as <id>.safetensors
+    # (`headhub extractor install` puts them there; `headhub up` serves them). Default:
+    # data_dir/extractors. Shared by every extractor replica (docs/architecture.md).
+    extractor_dir: Path | None = None
     # Accepted as an `admin` bearer key when set (>= 32 characters).
     admin_key: SecretStr | None = None
     # Server-side secret mixed into key hashes (HMAC-SHA256). Generated under data_dir if unset.
@@ -153,6 +157,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'headhub.db').resolve()}"
         if self.blob_dir is None:
             self.blob_dir = self.data_dir / "blobs"
+        if self.extractor_dir is None:
+            self.extractor_dir = self.data_dir / "extractors"
         return self
 
     def pepper(self) -> bytes:

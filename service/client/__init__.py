@@ -14,9 +14,10 @@ PANEL = "Client (talks to a running API)"
 
 def register(app: typer.Typer) -> None:
     """Mount every client command on the `headhub` app."""
-    from service.client import datasets, heads, jobs, tenants
+    from service.client import datasets, extractors, heads, jobs, tenants
 
     app.add_typer(tenants.tenants_app, name="tenants", rich_help_panel=PANEL)
+    app.add_typer(extractors.extractors_app, name="extractors", rich_help_panel=PANEL)
     app.add_typer(tenants.keys_app, name="keys", rich_help_panel=PANEL)
     app.add_typer(datasets.datasets_app, name="datasets", rich_help_panel=PANEL)
     for fn, name in (
@@ -29,5 +30,6 @@ def register(app: typer.Typer) -> None:
         (heads.marketplace, "marketplace"),
         (heads.predict, "predict"),
         (heads.export, "export"),
+        (extractors.move, "move"),
     ):
         app.command(name, rich_help_panel=PANEL)(fn)

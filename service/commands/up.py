@@ -231,6 +231,19 @@ def run_up(config: UpConfig) -> int:
         log.error("cannot prepare the database: %s", e)
         return 1
     log.info("database ready: %s", settings.database_url.split("@")[-1])
+    # The extractor serves its default and every checkpoint of this directory; registered ones
+    # whose file went missing come back from the blob store's verified copies.
+    assert settings.extractor_dir is not None
+    extractor_dir = settings.extractor_dir.resolve()
+    env["HEADHUB_EXTRACTOR_DIR"] = str(extractor_dir)
+    try:
+        from service.extractors.files import restore_registered_checkpoints
+
+        restored = restore_registered_checkpoints(settings, extractor_dir)
+        if restored:
+            log.info("restored %d registered checkpoint(s) into %s", restored, extractor_dir)
+    except Exception as e:  # serving the default does not depend on it
+        log.warning("cannot restore registered checkpoints: %s", e)
 
     def announce() -> None:
         print(f"\nheadhub is ready at {config.api_url}", flush=True)

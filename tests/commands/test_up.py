@@ -225,3 +225,41 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_up_serves_an_installed_checkpoint_and_the_cli_moves_a_head_to_it(
+    up: Up, tmp_path: Path
+) -> None:
+    """The operator's upgrade path: install, register, move with --promote, list (issue 18)."""
+    from tests.fixtures.extractor import make_tiny_checkpoint
+
+    admin = (up.data_dir / "admin_key").read_text().strip()
+    second = make_tiny_checkpoint(tmp_path / "second.safetensors", seed=5)
+    r = runner.invoke(
+        cli_app, ["extractor", "install", str(second), "--dir", str(up.data_dir / "extractors")]
+    )
+    assert r.exit_code == 0, r.output
+    ident = r.output.strip().splitlines()[-1]
+    assert (up.data_dir / "extractors" / f"{ident}.safetensors").read_bytes() == second.read_bytes()
+    assert ident in _cli("extractors", "register", ident, "--note", "second", key=admin, url=up.url)
+    listed = _cli("extractors", key=admin, url=up.url)
+    assert ident[:12] in listed and "second" in listed and "yes" in listed
+
+    _cli("tenants", "create", "mover", key=admin, url=up.url)
+    owner = _cli("keys", "create", "mover", "--scope", "owner", key=admin, url=up.url)
+    key = next(line for line in owner.splitlines() if line.startswith("hh_"))
+    _cli("datasets", "create", "shapes", key=key, url=up.url)
+    write_dataset(str(tmp_path / "shapes"), per_label=8)
+    _cli("upload", "shapes", str(tmp_path / "shapes"), key=key, url=up.url)
+    _cli("train", "shapes", "--head", "shapes", "--type", "float", key=key, url=up.url)
+    moved = _cli("move", "shapes", "--to", ident[:10], "--promote", key=key, url=up.url)
+    assert "same validation split" in moved and "val_top1" in moved
+    assert "moved: mover/shapes:2" in moved
+    version = httpx.get(
+        f"{up.url}/v1/heads/mover/shapes/versions/2", headers={"Authorization": f"Bearer {key}"}
+    ).json()
+    assert version["extractor_id"] == ident
+    side = version["metrics"]["move"]
+    assert side["promoted"] == (side["to"]["val_top1"] >= side["from"]["val_top1"])
+    r = runner.invoke(cli_app, ["move", "shapes:2", "--to", ident, "--url", up.url, "--key", key])
+    assert r.exit_code == 1 and "already on extractor" in r.output
