@@ -469,7 +469,10 @@ def test_extractors_section_is_shown_only_when_the_api_has_one(
     else:
         assert r.status_code == 200, r.text
         go(page, "Extractors")
-        expect(page.get_by_role("region", name="Extractors")).to_be_visible()
+        listed = page.get_by_role("region", name="Extractors")
+        expect(listed.locator("tbody tr")).to_have_count(len(r.json()["items"]))
+        expect(listed.locator("tbody tr").first).to_contain_text("active")
+        screenshot(page, "operator-extractors")
 
 
 def test_usage_counts_the_images_others_scored_with_a_public_head(

@@ -112,7 +112,7 @@ async function loadIdentity() {
       await api("GET", "/v1/extractors", { query: { limit: 1 } });
       state.features.extractors = true;
     } catch (e) {
-      state.features.extractors = false; // 404 until the extractor registry exists
+      state.features.extractors = e.status !== 404; // 404: a service without the registry
     }
   }
 }

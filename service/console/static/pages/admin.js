@@ -119,13 +119,15 @@ export function extractorsPage() {
   get("/v1/extractors", { limit: 200 }).then((res) => {
     const items = Array.isArray(res) ? res : res.items || [];
     clear(box, items.length ? table(
-      ["Id", "Architecture", "Input", "Features", "Bits/weight", "Size", "Status", "Default", "Sunset", "Pinned versions", "Pinned aliases", "Note"],
+      ["Id", "Architecture", "Input", "Features", "Bits/weight", "Size", "Status", "Default", "Pinned versions / aliases", "Note"],
       items.map((x) => h("tr", {},
-        td(h("code", { text: String(x.id).slice(0, 12), title: x.id })), td(x.architecture ?? "—"), td(String(x.input_size ?? "—")),
+        td(h("code", { text: String(x.id).slice(0, 12), title: x.id })), td(x.architecture ?? "—"),
+        td(Array.isArray(x.input_size) ? x.input_size.slice(-2).join("×") : String(x.input_size ?? "—")),
         td(String(x.feature_dim ?? "—")), td(String(x.bits_per_weight ?? "—")), td(fmtBytes(x.size_bytes)),
-        td(x.status ? badge(x.status, x.status === "active" ? "ok" : x.status === "retired" ? "bad" : "neutral") : "—"),
-        td(x.default ? "yes" : "no"), td(fmtDate(x.sunset)), td(String(x.pinned_versions ?? "—")),
-        td(String(x.pinned_aliases ?? "—")), td(x.note ?? ""))),
+        td(x.status ? badge(x.status, x.status === "active" ? "ok" : x.status === "retired" ? "bad" : "neutral") : "—",
+          x.sunset ? ` sunset ${fmtDate(x.sunset)}` : ""),
+        td(x.default ? "yes" : "no"), td(`${x.pinned_versions ?? "—"} / ${x.pinned_aliases ?? "—"}`),
+        td(x.note ?? ""))),
       "Extractors") : h("p", { class: "empty", text: "No extractor registered." }));
   }).catch((e) => { clear(box); err.show(e); });
   return page("Extractors", panel("Extractors", err, box));

@@ -68,6 +68,7 @@ export function tryPage(ctx) {
           h("h3", { class: "filename", text: r.filename })),
         Object.entries(r.predictions).map(([ref, preds]) => h("div", { class: "prediction" },
           h("h4", { text: ref }),
+          res.extractors?.[ref] ? h("p", { class: "hint", text: `extractor ${res.extractors[ref].slice(0, 12)}` }) : null,
           bars(preds.map((p) => ({ label: p.label, value: p.score, text: fmtPct(p.score) })),
             { max: 1, label: `top ${preds.length} of ${ref}`, className: "predictions" }))))));
     } catch (e) {
