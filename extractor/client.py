@@ -162,10 +162,16 @@ class _Failover:
     rounds, each after a growing pause; collects why each attempt failed."""
 
     def __init__(
-        self, client: ExtractorClient, *, forget_info: bool, extractor_id: str | None = None
+        self,
+        client: ExtractorClient,
+        *,
+        forget_info: bool,
+        extractor_id: str | None = None,
+        images: int = 0,
     ) -> None:
         self.client, self.forget_info = client, forget_info
         self.extractor_id = extractor_id
+        self.images = images  # in the request; a large batch that timed out is not sent again
         self.errors: list[str] = []
         self.retry_after: int | None = None
         self.not_served: dict[str, _NotServedHere] = {}  # replica URL -> why
@@ -194,6 +200,17 @@ class _Failover:
             self.errors.append(f"{url}: {type(exc).__name__} {exc}".strip())
             if self.forget_info:
                 self.client._forget(url)
+            if self._gave_up_on_work(exc):
+                raise self.unavailable()
+
+    def _gave_up_on_work(self, exc: Exception) -> bool:
+        """A request that timed out after it was sent may have been worked on all along: with
+        more than `retry_max_images` images, sending it to the next replica (and again each
+        round) would multiply the work a slow batch costs. A connect timeout did no work."""
+        timed_out = isinstance(exc, httpx.TimeoutException) and not isinstance(
+            exc, httpx.ConnectTimeout | httpx.PoolTimeout
+        )
+        return timed_out and self.images > self.client.retry_max_images
 
     def unavailable(self) -> ExtractorUnavailable:
         n = len(self.client.urls)
@@ -219,11 +236,13 @@ class ExtractorClient:
         backoff: float = 0.1,
         transport: httpx.AsyncBaseTransport | None = None,
         sync_transport: httpx.BaseTransport | None = None,
+        retry_max_images: int = 4,
     ) -> None:
         self.urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls) if u]
         if not self.urls:
             raise ValueError("at least one extractor URL is required")
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.retry_max_images = retry_max_images
         self._transport, self._sync_transport = transport, sync_transport
         self._aclient: httpx.AsyncClient | None = None
         self._client: httpx.Client | None = None
@@ -255,8 +274,11 @@ class ExtractorClient:
         *,
         forget_info: bool,
         extractor_id: str | None = None,
+        images: int = 0,
     ) -> T:
-        failover = _Failover(self, forget_info=forget_info, extractor_id=extractor_id)
+        failover = _Failover(
+            self, forget_info=forget_info, extractor_id=extractor_id, images=images
+        )
         for pause, url in failover:
             if pause:
                 await asyncio.sleep(pause)
@@ -267,9 +289,16 @@ class ExtractorClient:
         raise failover.unavailable()
 
     def _failover_sync(
-        self, call: Callable[[str], T], *, forget_info: bool, extractor_id: str | None = None
+        self,
+        call: Callable[[str], T],
+        *,
+        forget_info: bool,
+        extractor_id: str | None = None,
+        images: int = 0,
     ) -> T:
-        failover = _Failover(self, forget_info=forget_info, extractor_id=extractor_id)
+        failover = _Failover(
+            self, forget_info=forget_info, extractor_id=extractor_id, images=images
+        )
         for pause, url in failover:
             if pause:
                 time.sleep(pause)
@@ -340,6 +369,7 @@ class ExtractorClient:
             lambda url: self._afeatures_once(url, files, request_id, extractor_id),
             forget_info=True,
             extractor_id=extractor_id,
+            images=len(files),
         )
 
     async def info(
@@ -419,6 +449,7 @@ class ExtractorClient:
             lambda url: self._features_once_sync(url, files, request_id, extractor_id),
             forget_info=True,
             extractor_id=extractor_id,
+            images=len(files),
         )
 
     def info_sync(

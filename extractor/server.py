@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from extractor.admission import (
+    ClientGone,
+    DecodeGate,
+    over_budget,
+    request_pixels,
+    until_disconnected,
+)
 from extractor.batcher import BatcherStopped, MicroBatcher, QueueFull
 from extractor.catalog import Catalog, NotServed, Served
 from extractor.checkpoint import LoadedExtractor, load_checkpoint
-from extractor.imaging import DEFAULT_MAX_PIXELS, ImageRejected, preprocess_batch
+from extractor.imaging import DEFAULT_MAX_PIXELS, ImageRejected
 from extractor.packing import pack_signs
 from extractor.prometheus import ExtractorMetrics
 from extractor.web.limits import BodySizeLimitMiddleware
@@ -69,6 +77,8 @@ def create_app(
     max_files: int = 256,
     threads: int | None = None,
     checkpoint_dir: str | Path | None = None,
+    max_request_pixels: int | None = None,
+    decode_concurrency: int | None = None,
 ) -> FastAPI:
     """Load the extractors once (frozen) and build the app; inference threads run in lifespan.
 
@@ -77,6 +87,12 @@ def create_app(
     """
     if threads is not None:
         torch.set_num_threads(threads)
+    # The same HEADHUB_* variables as the API's settings (this package never imports service/).
+    if max_request_pixels is None:
+        max_request_pixels = int(os.environ.get("HEADHUB_MAX_REQUEST_PIXELS", 250_000_000))
+    if decode_concurrency is None:
+        decode_concurrency = int(os.environ.get("HEADHUB_EXTRACTOR_DECODE_CONCURRENCY", 2))
+    gate = DecodeGate(decode_concurrency)
     loaded = checkpoint if isinstance(checkpoint, LoadedExtractor) else load_checkpoint(checkpoint)
     metrics = ExtractorMetrics()
 
@@ -131,6 +147,13 @@ def create_app(
         metrics.rejected.labels(code=code).inc()
         return problem(status, title, detail, code, **kw)
 
+    def rejected(exc: ImageRejected) -> JSONResponse:
+        title = {413: "Image too large", 415: "Unsupported image format"}.get(
+            exc.status, "Invalid image"
+        )
+        detail = f"{exc.filename}: {exc.reason}"
+        return refuse(exc.status, exc.code, title, detail, filename=exc.filename, reason=exc.reason)
+
     def busy(detail: str) -> JSONResponse:
         return refuse(503, "extractor_busy", "Extractor busy", detail, headers={"Retry-After": "1"})
 
@@ -173,20 +196,31 @@ def create_app(
             files = [(u.filename or f"file{i}", await u.read()) for i, u in enumerate(uploads)]
         finally:
             await form.close()
-        if batcher.depth + len(files) > batcher.capacity:  # shed load before decoding
-            return busy(f"inference queue is full ({batcher.depth}/{batcher.capacity})")
+        # Shed load before any decoding: images queued for inference and images admitted but
+        # still waiting for a decoder both count (docs/threats.md).
+        waiting = batcher.depth + gate.pending
+        if waiting + len(files) > batcher.capacity:
+            return busy(f"inference queue is full ({waiting}/{batcher.capacity})")
         try:
-            x = await run_in_threadpool(preprocess_batch, files, cfg, max_pixels=max_pixels)
+            total = await run_in_threadpool(request_pixels, files, max_pixels)
+            if total > max_request_pixels:
+                raise over_budget(files, total, max_request_pixels)
         except ImageRejected as exc:
-            title = {413: "Image too large", 415: "Unsupported image format"}.get(
-                exc.status, "Invalid image"
-            )
-            detail = f"{exc.filename}: {exc.reason}"
-            return refuse(
-                exc.status, exc.code, title, detail, filename=exc.filename, reason=exc.reason
-            )
+            return rejected(exc)
+
+        async def work() -> Any:
+            async with gate.admitted(len(files)):
+                x = await gate.decode(files, cfg, max_pixels=max_pixels)
+            return await batcher.submit(x)
+
         try:
-            floats = await batcher.submit(x)
+            floats = await until_disconnected(
+                request, work, metrics.rejected.labels(code="client_gone").inc
+            )
+        except ImageRejected as exc:
+            return rejected(exc)
+        except ClientGone:
+            return Response(status_code=499)  # nobody is listening; nothing more was computed
         except QueueFull as exc:
             return busy(str(exc))
         except BatcherStopped as exc:

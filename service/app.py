@@ -80,7 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bind_sessionmaker(app.state.sessionmaker, settings, app.state.lookups)
         app.state.invalidation_listener = Listener(app.state.lookups, settings).start()
         app.state.extractor = ExtractorClient(
-            settings.extractor_urls, timeout=settings.extractor_timeout_s
+            settings.extractor_urls,
+            timeout=settings.extractor_timeout_s,
+            retry_max_images=settings.extractor_retry_max_images,
         )
         # The extractor processes' default becomes the registry's default if it has none (first
         # start after an upgrade); in the background, so a down extractor never delays startup.

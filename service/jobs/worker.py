@@ -338,7 +338,9 @@ class Worker:
             from extractor.client import ExtractorClient
 
             self.extractor = ExtractorClient(
-                self.settings.extractor_urls, timeout=self.settings.extractor_timeout_s
+                self.settings.extractor_urls,
+                timeout=self.settings.extractor_timeout_s,
+                retry_max_images=self.settings.extractor_retry_max_images,
             )
         return self.extractor
 

@@ -13,7 +13,13 @@ from starlette.concurrency import run_in_threadpool
 from extractor.client import ExtractorNotServed
 from extractor.web.requests import current_request_id
 from service.deps import BlobsDep, ExtractorDep, PredictDep, SessionDep, SettingsDep
-from service.errors import BadGateway, PayloadTooLarge, ServiceUnavailable
+from service.errors import (
+    BadGateway,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unprocessable,
+    UnsupportedMediaType,
+)
 from service.extractors import service as extractors
 from service.heads.deps import HeadCacheDep
 from service.predict import service
@@ -80,6 +86,28 @@ def _check_batch(batch: Any, n: int) -> None:
         )
 
 
+def check_budget(parts: list[tuple[str, bytes]], settings: Any) -> None:
+    """Bytes per image and declared pixels per request, from the headers alone, before the
+    extractor is asked to decode anything (docs/threats.md, "extractor work")."""
+    from extractor.admission import over_budget, request_pixels
+    from extractor.imaging import ImageRejected
+
+    for name, data in parts:
+        if len(data) > settings.max_image_bytes:
+            raise PayloadTooLarge(
+                f"{name}: the file has {len(data)} bytes, over the limit of "
+                f"{settings.max_image_bytes}",
+                code="image_bytes_too_large",
+            )
+    try:
+        total = request_pixels(parts, settings.max_image_pixels)
+        if total > settings.max_request_pixels:
+            raise over_budget(parts, total, settings.max_request_pixels)
+    except ImageRejected as exc:
+        kind = {413: PayloadTooLarge, 415: UnsupportedMediaType}.get(exc.status, Unprocessable)
+        raise kind(f"{exc.filename}: {exc.reason}", code=exc.code) from None
+
+
 @router.post(
     "",
     response_model=PredictResponse,
@@ -119,6 +147,7 @@ async def predict(
     # database lock or connection is held while the extractor works.
     await run_in_threadpool(session.commit)
     parts = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+    await run_in_threadpool(check_budget, parts, settings)
     request_id = current_request_id() or uuid.uuid4().hex  # the id the response echoes
     ids = service.extractor_ids(planned)
     batches = await asyncio.gather(
