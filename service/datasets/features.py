@@ -110,6 +110,7 @@ def ensure_features(
         extractor_id = str(extractor_client.info_sync()["id"])
     with session_scope(session_factory) as session:
         missing = repo.missing_feature_shas(session, dataset_id, extractor_id)
+        tenant_id = repo.dataset_tenant(session, dataset_id)
     total, done, computed = len(missing), 0, 0
     if progress_cb:
         progress_cb(0, total)
@@ -124,6 +125,10 @@ def ensure_features(
         rows = _compute(extractor_client, extractor_id, files, named)
         with session_scope(session_factory) as session:
             repo.insert_features(session, rows)
+            if tenant_id is not None:  # this tenant's own featurizing covered them
+                repo.insert_claims(
+                    session, tenant_id, extractor_id, [str(r["image_sha256"]) for r in rows]
+                )
         done += len(shas)
         computed += len(rows)
         if progress_cb:

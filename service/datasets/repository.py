@@ -9,7 +9,7 @@ from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.datasets.tables import Dataset, DatasetImage, Feature
+from service.datasets.tables import Dataset, DatasetImage, Feature, TenantFeature
 
 
 def get_dataset(session: Session, dataset_id: str, tenant_id: str | None) -> Dataset | None:
@@ -64,10 +64,7 @@ def features_ready(
         return out
     rows = session.execute(
         select(DatasetImage.dataset_id, func.count())
-        .join(
-            Feature,
-            and_(Feature.image_sha256 == DatasetImage.sha256, Feature.extractor_id == extractor_id),
-        )
+        .join(TenantFeature, _claimed(extractor_id))
         .where(DatasetImage.dataset_id.in_(dataset_ids))
         .group_by(DatasetImage.dataset_id)
     )
@@ -167,18 +164,55 @@ def delete_features(session: Session, shas: Sequence[str]) -> None:
         session.execute(delete(Feature).where(Feature.image_sha256.in_(shas)))
 
 
+def _claimed(extractor_id: str):  # type: ignore[no-untyped-def]
+    """Join condition: the image's tenant has featurized it for this extractor."""
+    return and_(
+        TenantFeature.tenant_id == DatasetImage.tenant_id,
+        TenantFeature.image_sha256 == DatasetImage.sha256,
+        TenantFeature.extractor_id == extractor_id,
+    )
+
+
 def missing_feature_shas(session: Session, dataset_id: str, extractor_id: str) -> list[str]:
-    """Images of the dataset with no cached features for this extractor, in a stable order."""
+    """Images of the dataset its tenant has not featurized for this extractor, in a stable
+    order. Features another tenant left in the shared cache do not count: they are computed
+    again, so neither `features_ready` nor the time it takes tells who else holds the bytes."""
     q = (
         select(DatasetImage.sha256)
-        .outerjoin(
-            Feature,
-            and_(Feature.image_sha256 == DatasetImage.sha256, Feature.extractor_id == extractor_id),
-        )
-        .where(DatasetImage.dataset_id == dataset_id, Feature.image_sha256.is_(None))
+        .outerjoin(TenantFeature, _claimed(extractor_id))
+        .where(DatasetImage.dataset_id == dataset_id, TenantFeature.image_sha256.is_(None))
         .order_by(DatasetImage.sha256)
     )
     return list(session.scalars(q))
+
+
+def dataset_tenant(session: Session, dataset_id: str) -> str | None:
+    return session.scalar(select(Dataset.tenant_id).where(Dataset.id == dataset_id))
+
+
+def insert_claims(session: Session, tenant_id: str, extractor_id: str, shas: list[str]) -> None:
+    """Record that the tenant's featurizing covered these images (ignoring ones recorded)."""
+    if not shas:
+        return
+    rows = [{"tenant_id": tenant_id, "image_sha256": s, "extractor_id": extractor_id} for s in shas]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(TenantFeature).on_conflict_do_nothing(), rows)
+
+
+def delete_stale_claims(session: Session, shas: Sequence[str]) -> None:
+    """Claims on these images by tenants whose datasets no longer hold them."""
+    if not shas:
+        return
+    held = (
+        select(DatasetImage.sha256)
+        .where(
+            DatasetImage.tenant_id == TenantFeature.tenant_id,
+            DatasetImage.sha256 == TenantFeature.image_sha256,
+        )
+        .exists()
+    )
+    session.execute(delete(TenantFeature).where(TenantFeature.image_sha256.in_(list(shas)), ~held))
 
 
 def insert_features(session: Session, rows: list[dict[str, object]]) -> None:

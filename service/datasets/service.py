@@ -175,6 +175,7 @@ def forget_features(session_factory: sessionmaker[Session], shas: list[str]) -> 
         with session_scope(session_factory) as session:
             orphans = repo.unreferenced(session, shas)
             repo.delete_features(session, orphans)
+            repo.delete_stale_claims(session, shas)
             return len(orphans)
     except Exception as exc:  # best effort: a stale feature row is wasted space, not wrong data
         log.warning("feature clean-up after a delete failed: %s", exc)

@@ -57,3 +57,18 @@ class Feature(Base):
     floats: Mapped[bytes] = mapped_column(LargeBinary)
     bits: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TenantFeature(Base):
+    """This tenant's featurizing covered the image for this extractor (its features are in
+    `Feature`, shared by content). `features_ready` counts these, so a fresh upload never shows
+    the features another tenant's identical bytes left in the cache (docs/threats.md)."""
+
+    __tablename__ = "tenant_features"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    extractor_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -200,3 +200,31 @@ def test_dataset_page_answers_when_the_extractor_is_down(
         got = c.get(f"/v1/datasets/{ds}", headers=t.owner_headers)
     assert got.status_code == 200
     assert got.json()["extractor_id"] is None and got.json()["features_ready"] is None
+
+
+def test_a_fresh_upload_does_not_reveal_another_tenants_identical_bytes(
+    client: TestClient, app: FastAPI, make_tenant: MakeTenant, real_client: ExtractorClient
+) -> None:
+    """The cache is shared by content, `features_ready` is not: a tenant's upload of bytes
+    another tenant featurized shows 0 until its own featurizing covers them, which computes them
+    again (so the time it takes tells nothing either) (docs/threats.md, "disclosure")."""
+    a, b = make_tenant("priv-a"), make_tenant("priv-b")
+    shared = makers.png(color=(17, 171, 71))
+    sm, blobs = app.state.sessionmaker, app.state.blobs
+    ds_a = new_dataset(client, a.owner_headers)
+    upload_files(client, a.owner_headers, ds_a, [("a.png", shared)])
+    assert ensure_features(sm, CountingClient(real_client), ds_a, blobs=blobs) == 1
+    assert client.get(f"/v1/datasets/{ds_a}", headers=a.owner_headers).json()["features_ready"] == 1
+
+    ds_b = new_dataset(client, b.owner_headers)
+    upload_files(client, b.owner_headers, ds_b, [("b.png", shared)])
+    fresh = client.get(f"/v1/datasets/{ds_b}", headers=b.owner_headers).json()
+    assert (fresh["image_count"], fresh["features_ready"]) == (1, 0)
+    counting = CountingClient(real_client)
+    assert ensure_features(sm, counting, ds_b, blobs=blobs) == 1
+    assert counting.sent == [sha256_hex(shared)]  # computed for b as for any new image
+    assert client.get(f"/v1/datasets/{ds_b}", headers=b.owner_headers).json()["features_ready"] == 1
+
+    # b deleting its copy forgets b's claim, and leaves a's untouched
+    assert client.delete(f"/v1/datasets/{ds_b}", headers=b.owner_headers).status_code == 204
+    assert client.get(f"/v1/datasets/{ds_a}", headers=a.owner_headers).json()["features_ready"] == 1

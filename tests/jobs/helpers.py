@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from extractor.wire import FeatureBatch
-from service.datasets.tables import Dataset, DatasetImage, Feature
+from service.datasets.tables import Dataset, DatasetImage, Feature, TenantFeature
 from service.db import new_id, session_scope
 from service.heads.tables import HeadVersion
 from service.jobs.tables import Job
@@ -89,6 +89,10 @@ def seed_dataset(
                         floats=x.tobytes(),
                         bits=bits.tobytes(),
                     )
+                )
+                # as the tenant's own featurizing leaves it (service/datasets/features.py)
+                s.add(
+                    TenantFeature(tenant_id=tenant_id, image_sha256=sha, extractor_id=extractor_id)
                 )
     return dataset_id
 
