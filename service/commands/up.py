@@ -247,6 +247,7 @@ def run_up(config: UpConfig) -> int:
 
     def announce() -> None:
         print(f"\nheadhub is ready at {config.api_url}", flush=True)
+        print(f"web console: {config.api_url}/console/ (sign in with a key)", flush=True)
         if created:
             print(
                 f"admin key (shown once; kept in {data_dir / ADMIN_KEY_FILE}, mode 0600):\n"

@@ -106,6 +106,7 @@ def test_ready_prints_url_and_the_admin_key_once_and_stores_it_private(up: Up) -
     assert stat.S_IMODE((up.data_dir / "admin_key").stat().st_mode) == 0o600
     assert up.log().count(key) == 1
     assert f"headhub is ready at {up.url}" in up.log()
+    assert f"web console: {up.url}/console/" in up.log()
     assert httpx.get(f"{up.url}/readyz").status_code == 200
     r = httpx.get(f"{up.url}/v1/tenants", headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 200
