@@ -54,7 +54,7 @@ def _trace(loaded: LoadedExtractor) -> onnx.ModelProto:
         torch.onnx.export(
             _Features(loaded.model).eval(),
             (x,),
-            buf,
+            buf,  # type: ignore[arg-type]  # a binary stream works as well as a path
             dynamo=False,
             input_names=["images"],
             output_names=["features"],

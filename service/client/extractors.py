@@ -86,7 +86,7 @@ def register(
 def _patch(url: str, key: str | None, prefix: str, body: dict[str, Any]) -> dict[str, Any]:
     api = connect(url, key)
     ident = _resolve(api, prefix)
-    return api.request("PATCH", f"/v1/extractors/{ident}", json=body).json()  # type: ignore[no-any-return]
+    return dict(api.request("PATCH", f"/v1/extractors/{ident}", json=body).json())
 
 
 @extractors_app.command("default")

@@ -93,12 +93,16 @@ async def _checkpoint(extractor: Any, extractor_id: str) -> bytes:
 
 @router.get("", response_model=ExtractorList)
 async def list_extractors(
-    session: SessionDep, _: PredictDep, extractor: ExtractorDep
+    session: SessionDep,
+    _: PredictDep,
+    extractor: ExtractorDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the page before.")] = None,
 ) -> ExtractorList:
     """Every registered extractor, the default first, with how many versions and aliases are
     pinned to each."""
     await registry_default(session, extractor)
-    return await run_in_threadpool(service.list_out, session)
+    return await run_in_threadpool(service.list_out, session, limit, cursor)
 
 
 @router.get("/{extractor_id}", response_model=ExtractorDetail, responses=_PROBLEMS)

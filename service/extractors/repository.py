@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Subquery
 
 from service.extractors.tables import Extractor, ExtractorMove
 from service.heads.tables import Head, HeadAlias, HeadVersion
@@ -85,7 +86,7 @@ def pinned_counts(session: Session) -> dict[str, tuple[int, int]]:
     return {i: (int(versions.get(i, 0)), int(aliases.get(i, 0))) for i in ids}
 
 
-def _newest_versions() -> object:
+def _newest_versions() -> Subquery:
     """(head_id, newest version number) per head, as a subquery."""
     return (
         select(HeadVersion.head_id, func.max(HeadVersion.version).label("version"))
@@ -124,12 +125,12 @@ def uses(session: Session, extractor_id: str) -> list[PinnedUse]:
     implicit = session.execute(
         select(Head.id, Tenant.name, Head.name, HeadVersion.version)
         .join(Tenant, Tenant.id == Head.tenant_id)
-        .join(newest, newest.c.head_id == Head.id)  # type: ignore[attr-defined]
+        .join(newest, newest.c.head_id == Head.id)
         .join(
             HeadVersion,
             and_(
                 HeadVersion.head_id == Head.id,
-                HeadVersion.version == newest.c.version,  # type: ignore[attr-defined]
+                HeadVersion.version == newest.c.version,
             ),
         )
         .where(HeadVersion.extractor_id == extractor_id, ~has_production)
@@ -146,10 +147,10 @@ def heads_to_move(session: Session, extractor_id: str) -> list[tuple[Head, int]]
         select(HeadAlias.head_id, HeadAlias.version).where(HeadAlias.alias == PRODUCTION).subquery()
     )
     newest = _newest_versions()
-    target = func.coalesce(production.c.version, newest.c.version)  # type: ignore[attr-defined]
+    target = func.coalesce(production.c.version, newest.c.version)
     rows = session.execute(
         select(Head, HeadVersion.version)
-        .join(newest, newest.c.head_id == Head.id)  # type: ignore[attr-defined]
+        .join(newest, newest.c.head_id == Head.id)
         .outerjoin(production, production.c.head_id == Head.id)
         .join(HeadVersion, and_(HeadVersion.head_id == Head.id, HeadVersion.version == target))
         .where(HeadVersion.extractor_id == extractor_id)

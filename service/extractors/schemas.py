@@ -77,7 +77,9 @@ class ExtractorDetail(ExtractorOut):
 
 class ExtractorList(BaseModel):
     items: list[ExtractorOut]
-    next_cursor: str | None = None
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null at the end."
+    )
 
 
 class ExtractorCreate(BaseModel):

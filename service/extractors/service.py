@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from extractor.catalog import describe_checkpoint
 from extractor.checkpoint import CheckpointError, checkpoint_id
 from service.db import as_utc, utcnow
-from service.errors import Conflict, Gone, NotFound, Unprocessable
+from service.errors import BadRequest, Conflict, Gone, NotFound, Unprocessable
 from service.extractors import repository as repo
 from service.extractors.schemas import (
     BulkMoveOut,
@@ -80,9 +80,23 @@ def to_out(ext: Extractor, counts: dict[str, tuple[int, int]]) -> ExtractorOut:
     )
 
 
-def list_out(session: Session) -> ExtractorList:
+def list_out(session: Session, limit: int = 50, cursor: str | None = None) -> ExtractorList:
+    """A page of the registry, default first; `cursor` is the `next_cursor` of the page before
+    (a position: the registry is a handful of rows)."""
+    start = 0
+    if cursor:
+        if not cursor.isdigit() or len(cursor) > 9:
+            raise BadRequest(
+                "cursor must be a value returned as next_cursor.", code="invalid_cursor"
+            )
+        start = int(cursor)
+    rows = repo.list_all(session)
+    page = rows[start : start + limit]
     counts = repo.pinned_counts(session)
-    return ExtractorList(items=[to_out(e, counts) for e in repo.list_all(session)])
+    more = start + limit < len(rows)
+    return ExtractorList(
+        items=[to_out(e, counts) for e in page], next_cursor=str(start + limit) if more else None
+    )
 
 
 def detail(session: Session, ext: Extractor) -> ExtractorDetail:
@@ -194,7 +208,7 @@ def ensure_default(session: Session, info: dict[str, Any]) -> Extractor:
 
 def in_use_error(extractor_id: str, uses: Sequence[repo.PinnedUse]) -> Conflict:
     heads = [{"head": f"{u.owner}/{u.name}", "version": u.version, "alias": u.alias} for u in uses]
-    names = sorted({h["head"] for h in heads})
+    names = sorted({f"{u.owner}/{u.name}" for u in uses})
     shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     return Conflict(
         f"Extractor {extractor_id[:12]}... is still in use by {len(names)} head(s): {shown}. "

@@ -200,6 +200,19 @@ def test_registered_extractors_are_listed_with_their_pins(client, world, served_
     assert listed[s.default_id]["pinned_versions"] >= 1
     one = client.get(f"/v1/extractors/{s.tiny_id}", headers=t.predict_headers)
     assert one.status_code == 200 and one.json()["id"] == s.tiny_id
+    seen, cursor = [], None
+    for _ in range(5):
+        page = client.get(
+            "/v1/extractors", params={"limit": 1} | ({"cursor": cursor} if cursor else {}),
+            headers=t.predict_headers,
+        ).json()  # fmt: skip
+        seen += [e["id"] for e in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen[0] == s.default_id and sorted(seen) == sorted(listed)
+    r = client.get("/v1/extractors", params={"cursor": "x"}, headers=t.predict_headers)
+    assert r.status_code == 400
 
 
 def test_registration_is_refused_unless_a_process_serves_a_file_with_that_sha256(
