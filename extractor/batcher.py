@@ -4,6 +4,13 @@ Requests put their images into a bounded queue and await per-image futures. The 
 takes the oldest image, waits until `max_batch` images are queued or `max_wait_ms` has passed since
 that image arrived, and runs them as one batch. The forward function must not mix samples, so
 every image gets the same features whatever it was batched with.
+
+With `eager=True` (the server's setting) the thread waits only while more images are known to be
+on their way: a request announces its images (`announce`) when it is admitted, before decoding,
+and they stop counting when queued (`submit(..., announced=n)`) or withdrawn. A lone request runs
+at once instead of idling `max_wait_ms` for company that is not coming, and under load the
+images that arrive while a batch runs form the next one (bench/results/profile.md). Results go
+back to the event loop once per batch and loop, not once per image.
 """
 
 from __future__ import annotations
@@ -46,17 +53,24 @@ class _Item:
     enqueued: float
 
 
-def _resolve(item: _Item, value: np.ndarray | BaseException) -> None:
-    def apply() -> None:
-        if item.future.done():  # the request was cancelled (client went away)
-            return
-        if isinstance(value, BaseException):
-            item.future.set_exception(value)
-        else:
-            item.future.set_result(value)
+def _resolve_all(pairs: list[tuple[_Item, np.ndarray | BaseException]]) -> None:
+    """Hand results to their event loops: one wake-up per loop, whatever the number of images."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Item, np.ndarray | BaseException]]] = {}
+    for item, value in pairs:
+        by_loop.setdefault(item.loop, []).append((item, value))
 
-    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-        item.loop.call_soon_threadsafe(apply)
+    def apply(group: list[tuple[_Item, np.ndarray | BaseException]]) -> None:
+        for item, value in group:
+            if item.future.done():  # the request was cancelled (client went away)
+                continue
+            if isinstance(value, BaseException):
+                item.future.set_exception(value)
+            else:
+                item.future.set_result(value)
+
+    for loop, group in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(apply, group)
 
 
 class MicroBatcher:
@@ -75,6 +89,7 @@ class MicroBatcher:
         queue_size: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        eager: bool = False,
     ) -> None:
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
@@ -84,6 +99,8 @@ class MicroBatcher:
         self.capacity = queue_size
         self._on_batch = on_batch or (lambda size, seconds: None)
         self._on_depth = on_depth or (lambda depth: None)
+        self.eager = eager  # wait only for announced images (else always up to max_wait)
+        self._announced = 0  # images admitted by the server and not yet queued
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._accepting = False
@@ -113,12 +130,15 @@ class MicroBatcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    async def submit(self, images: Tensor) -> np.ndarray:
-        """Queue (N, 3, H, W) as N items; returns (N, D) float32 in order. All or none queued."""
+    async def submit(self, images: Tensor, announced: int = 0) -> np.ndarray:
+        """Queue (N, 3, H, W) as N items; returns (N, D) float32 in order. All or none queued.
+        `announced`: how many of them were announced (they stop counting once queued)."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [_Item(x, loop.create_future(), loop, now) for x in images]
         with self._cond:
+            self._announced -= announced  # queued or refused: no longer on their way
+            self._cond.notify()
             if not self._accepting:
                 raise BatcherStopped("the extractor is shutting down")
             if len(self._queue) + len(items) > self.capacity:
@@ -134,6 +154,17 @@ class MicroBatcher:
             raise
         return np.stack(rows)
 
+    def announce(self, n: int) -> None:
+        """`n` images will be submitted soon (they are decoding): worth waiting for."""
+        with self._cond:
+            self._announced += n
+
+    def withdraw(self, n: int) -> None:
+        """Announced images that will not come (rejected, cancelled)."""
+        with self._cond:
+            self._announced -= n
+            self._cond.notify()
+
     def _take_batch(self) -> list[_Item] | None:
         """Block for the next batch; None once stopped and drained."""
         with self._cond:
@@ -143,6 +174,8 @@ class MicroBatcher:
                 self._cond.wait()
             deadline = self._queue[0].enqueued + self.max_wait
             while len(self._queue) < self.max_batch and self._accepting:
+                if self.eager and self._announced <= 0:
+                    break  # nothing else is on its way: waiting would only add latency
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -167,9 +200,7 @@ class MicroBatcher:
                         )
                 except Exception as exc:
                     log.exception("inference failed for a batch of %d", len(batch))
-                    for it in batch:
-                        _resolve(it, exc)
+                    _resolve_all([(it, exc) for it in batch])
                     continue
                 self._on_batch(len(batch), time.perf_counter() - start)
-                for it, row in zip(batch, rows, strict=True):
-                    _resolve(it, row)
+                _resolve_all(list(zip(batch, rows, strict=True)))

@@ -196,6 +196,11 @@ class Catalog:
                 if stem not in self._served:
                     self._load_file(file)
 
+    def loaded(self, extractor_id: str | None) -> Served | None:
+        """The network if it is already loaded (no file system access): the request path's
+        check, so only a first request for a newly copied file goes to a worker thread."""
+        return self.default if extractor_id is None else self._served.get(extractor_id)
+
     def get(self, extractor_id: str | None) -> Served:
         """The network with this id (None: the default), loading its file if it appeared since."""
         if extractor_id is None:

@@ -10,6 +10,11 @@ never passed on (docs/architecture.md, "Failure handling at the boundaries").
 A process may serve several extractors (`extractor.catalog`): every call takes an optional
 `extractor_id`, None meaning the process's default. A replica that does not serve the id asked
 for is skipped like a busy one; when none does, `ExtractorNotServed` says so.
+
+The hop is kept cheap (bench/results/profile.md): connections are kept alive and pooled per
+replica (HTTP/1.1), images travel framed (`application/x-headhub-images`, no multipart
+encoding or parsing), and a replica on the same host may be a Unix socket, `unix:/path/x.sock`
+(what `headhub up` uses), which skips the TCP stack.
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ import httpx
 import numpy as np
 
 from extractor.packing import pack_signs
-from extractor.wire import CONTENT_TYPE, FeatureBatch, WireFormatError, decode_features
+from extractor.wire import (
+    CONTENT_TYPE,
+    IMAGES_CONTENT_TYPE,
+    FeatureBatch,
+    WireFormatError,
+    decode_features,
+    encode_images,
+)
 
 __all__ = [
     "ExtractorBadResponse",
@@ -36,6 +48,23 @@ __all__ = [
 
 T = TypeVar("T")
 _RETRY_STATUS = frozenset({502, 503, 504})
+UNIX_PREFIX = "unix:"
+# Enough idle connections for every concurrent request of a busy API process to reuse one.
+_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30)
+
+
+def socket_path(url: str) -> str | None:
+    """The socket file of a `unix:/path` (or `unix:///path`) replica URL, else None."""
+    if not url.startswith(UNIX_PREFIX):
+        return None
+    return "/" + url[len(UNIX_PREFIX) :].lstrip("/")
+
+
+def _base(url: str) -> str:
+    """Where requests to the replica `url` are addressed (a socket's host is a placeholder)."""
+    return "http://extractor" if url.startswith(UNIX_PREFIX) else url
+
+
 _REJECT_STATUS = frozenset({413, 415, 422})
 
 
@@ -244,8 +273,9 @@ class ExtractorClient:
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.retry_max_images = retry_max_images
         self._transport, self._sync_transport = transport, sync_transport
-        self._aclient: httpx.AsyncClient | None = None
-        self._client: httpx.Client | None = None
+        # one pooled client per transport: TCP replicas share one, each Unix socket has its own
+        self._aclients: dict[str | None, httpx.AsyncClient] = {}
+        self._clients: dict[str | None, httpx.Client] = {}
         # per (replica URL, extractor id or None for the replica's default)
         self._info: dict[tuple[str, str | None], dict[str, Any]] = {}
         self._next = 0  # round-robin start, so replicas share the load
@@ -313,14 +343,23 @@ class ExtractorClient:
         return {"X-Request-ID": request_id} if request_id else {}
 
     @staticmethod
-    def _multipart(files: Sequence[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes]]]:
-        return [("files", (name, data)) for name, data in files]
+    def _images_request(
+        files: Sequence[tuple[str, bytes]], request_id: str | None
+    ) -> tuple[bytes, dict[str, str]]:
+        headers = {"Content-Type": IMAGES_CONTENT_TYPE, **ExtractorClient._headers(request_id)}
+        return encode_images(list(files)), headers
 
     # -- async ----------------------------------------------------------------------------------
-    def _async_client(self) -> httpx.AsyncClient:
-        if self._aclient is None:
-            self._aclient = httpx.AsyncClient(timeout=self.timeout, transport=self._transport)
-        return self._aclient
+    def _async_client(self, url: str | None = None) -> httpx.AsyncClient:
+        path = None if url is None or self._transport is not None else socket_path(url)
+        client = self._aclients.get(path)
+        if client is None:
+            transport = self._transport
+            if transport is None:
+                transport = httpx.AsyncHTTPTransport(uds=path, limits=_LIMITS)
+            client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
+            self._aclients[path] = client
+        return client
 
     async def _ainfo(
         self,
@@ -331,8 +370,8 @@ class ExtractorClient:
     ) -> dict:
         key = (url, extractor_id)
         if refresh or key not in self._info:
-            r = await self._async_client().get(
-                url + self._info_path(extractor_id), headers=self._headers(request_id)
+            r = await self._async_client(url).get(
+                _base(url) + self._info_path(extractor_id), headers=self._headers(request_id)
             )
             self._info[key] = _check_info(url, r)
         return self._info[key]
@@ -345,10 +384,11 @@ class ExtractorClient:
         extractor_id: str | None = None,
     ) -> FeatureBatch:
         info = await self._ainfo(url, request_id, extractor_id=extractor_id)
-        r = await self._async_client().post(
-            f"{url}/v1/features",
-            files=self._multipart(files),
-            headers=self._headers(request_id),
+        body, headers = self._images_request(files, request_id)
+        r = await self._async_client(url).post(
+            f"{_base(url)}/v1/features",
+            content=body,
+            headers=headers,
             params=self._params(extractor_id),
         )
         _check_status(url, r)
@@ -386,22 +426,30 @@ class ExtractorClient:
         """The checkpoint file of `extractor_id`, as a replica serves it (not checked here)."""
 
         async def once(url: str) -> bytes:
-            r = await self._async_client().get(f"{url}/v1/extractors/{extractor_id}/checkpoint")
+            r = await self._async_client(url).get(
+                f"{_base(url)}/v1/extractors/{extractor_id}/checkpoint"
+            )
             _check_status(url, r)
             return r.content
 
         return await self._failover(once, forget_info=False, extractor_id=extractor_id)
 
     async def aclose(self) -> None:
-        if self._aclient is not None:
-            await self._aclient.aclose()
-            self._aclient = None
+        clients, self._aclients = list(self._aclients.values()), {}
+        for client in clients:
+            await client.aclose()
 
     # -- sync (the worker) ------------------------------------------------------------------------
-    def _sync_client(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout, transport=self._sync_transport)
-        return self._client
+    def _sync_client(self, url: str | None = None) -> httpx.Client:
+        path = None if url is None or self._sync_transport is not None else socket_path(url)
+        client = self._clients.get(path)
+        if client is None:
+            transport = self._sync_transport
+            if transport is None:
+                transport = httpx.HTTPTransport(uds=path, limits=_LIMITS)
+            client = httpx.Client(timeout=self.timeout, transport=transport)
+            self._clients[path] = client
+        return client
 
     def _info_sync(
         self,
@@ -412,8 +460,8 @@ class ExtractorClient:
     ) -> dict:
         key = (url, extractor_id)
         if refresh or key not in self._info:
-            r = self._sync_client().get(
-                url + self._info_path(extractor_id), headers=self._headers(request_id)
+            r = self._sync_client(url).get(
+                _base(url) + self._info_path(extractor_id), headers=self._headers(request_id)
             )
             self._info[key] = _check_info(url, r)
         return self._info[key]
@@ -426,10 +474,11 @@ class ExtractorClient:
         extractor_id: str | None = None,
     ) -> FeatureBatch:
         info = self._info_sync(url, request_id, extractor_id=extractor_id)
-        r = self._sync_client().post(
-            f"{url}/v1/features",
-            files=self._multipart(files),
-            headers=self._headers(request_id),
+        body, headers = self._images_request(files, request_id)
+        r = self._sync_client(url).post(
+            f"{_base(url)}/v1/features",
+            content=body,
+            headers=headers,
             params=self._params(extractor_id),
         )
         _check_status(url, r)
@@ -466,16 +515,16 @@ class ExtractorClient:
         """`GET /v1/extractors` of the first replica that answers: every network it serves."""
 
         def once(url: str) -> dict[str, Any]:
-            r = self._sync_client().get(f"{url}/v1/extractors")
+            r = self._sync_client(url).get(f"{_base(url)}/v1/extractors")
             _check_status(url, r)
             return _json(r)
 
         return self._failover_sync(once, forget_info=False)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
     async def __aenter__(self) -> ExtractorClient:
         return self

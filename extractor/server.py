@@ -1,11 +1,13 @@
 """The extractor process: frozen networks behind HTTP, each fed by its own dynamic micro-batcher.
 
-`POST /v1/features[?extractor=<id>]` takes multipart `files` parts and answers both feature forms
-in the binary wire format (`extractor.wire`). Decoding runs in a thread pool, never on the event
-loop; one inference thread per network runs its forward passes. The process serves its default
-checkpoint and every `<id>.safetensors` of its checkpoint directory (`extractor.catalog`);
-`GET /v1/info` describes the default, `GET /v1/extractors` all of them. Expected failures are
-problem+json 4xx/503.
+`POST /v1/features[?extractor=<id>]` takes multipart `files` parts, or the same images framed as
+`application/x-headhub-images` (what the API and the worker send: no multipart parsing), and
+answers both feature forms in the binary wire format (`extractor.wire`). Decoding runs in a
+thread pool, a few images per hop, never on the event loop; one inference thread per network
+runs its forward passes, starting as soon as nothing more is on its way (`extractor.batcher`).
+The process serves its default checkpoint and every `<id>.safetensors` of its checkpoint
+directory (`extractor.catalog`); `GET /v1/info` describes the default, `GET /v1/extractors` all
+of them. Expected failures are problem+json 4xx/503.
 """
 
 from __future__ import annotations
@@ -41,9 +43,18 @@ from extractor.prometheus import ExtractorMetrics
 from extractor.web.limits import BodySizeLimitMiddleware
 from extractor.web.problems import problem
 from extractor.web.requests import RequestContextMiddleware
-from extractor.wire import CONTENT_TYPE, FeatureBatch, encode_features
+from extractor.wire import (
+    CONTENT_TYPE,
+    IMAGES_CONTENT_TYPE,
+    FeatureBatch,
+    WireFormatError,
+    decode_images,
+    encode_features,
+)
 
 __all__ = ["create_app"]
+
+INLINE_HEADER_CHECKS = 4  # requests with this many images check their headers on the loop
 
 log = logging.getLogger("extractor.server")
 
@@ -59,7 +70,11 @@ _MULTIPART_SCHEMA = {
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
                     },
                 }
-            }
+            },
+            IMAGES_CONTENT_TYPE: {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "the images framed as in `extractor.wire` (what the API sends)",
+            },
         },
     }
 }
@@ -103,6 +118,7 @@ def create_app(
             max_wait_ms=max_wait_ms,
             queue_size=queue_size,
             on_batch=metrics.observe_batch,
+            eager=True,  # wait for images on their way only, never for ones that may not come
             on_depth=lambda _depth: metrics.queue_depth.set(
                 sum(s.batcher.depth for s in catalog.all())
             ),
@@ -159,6 +175,9 @@ def create_app(
 
     async def find(extractor_id: str | None) -> Served | JSONResponse:
         """The network asked for (loading a newly copied file off the event loop), or a 404/409."""
+        served = catalog.loaded(extractor_id)
+        if served is not None:
+            return served
         try:
             return await run_in_threadpool(catalog.get, extractor_id)
         except NotServed as exc:
@@ -179,39 +198,56 @@ def create_app(
         if isinstance(served, JSONResponse):
             return served
         batcher, cfg = served.batcher, served.loaded.pretrained_cfg
-        try:
-            form = await request.form(max_files=max_files, max_fields=max_files)
-        except HTTPException as exc:
-            return refuse(400, "invalid_multipart", "Bad multipart body", str(exc.detail))
-        try:
-            parts = list(form.multi_items())
-            uploads = [v for k, v in parts if k == "files" and isinstance(v, UploadFile)]
-            if len(uploads) != len(parts) or not uploads:
-                return refuse(
-                    422,
-                    "invalid_files",
-                    "Invalid files",
-                    "send one or more multipart `files` parts",
-                )
-            files = [(u.filename or f"file{i}", await u.read()) for i, u in enumerate(uploads)]
-        finally:
-            await form.close()
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";", 1)[0].strip().lower() == IMAGES_CONTENT_TYPE:
+            try:
+                files = decode_images(await request.body(), max_files)
+            except WireFormatError as exc:
+                return refuse(400, "invalid_images_body", "Bad images body", str(exc))
+        else:
+            try:
+                form = await request.form(max_files=max_files, max_fields=max_files)
+            except HTTPException as exc:
+                return refuse(400, "invalid_multipart", "Bad multipart body", str(exc.detail))
+            try:
+                parts = list(form.multi_items())
+                uploads = [v for k, v in parts if k == "files" and isinstance(v, UploadFile)]
+                if len(uploads) != len(parts) or not uploads:
+                    return refuse(
+                        422,
+                        "invalid_files",
+                        "Invalid files",
+                        "send one or more multipart `files` parts",
+                    )
+                files = [(u.filename or f"file{i}", await u.read()) for i, u in enumerate(uploads)]
+            finally:
+                await form.close()
         # Shed load before any decoding: images queued for inference and images admitted but
         # still waiting for a decoder both count (docs/threats.md).
         waiting = batcher.depth + gate.pending
         if waiting + len(files) > batcher.capacity:
             return busy(f"inference queue is full ({waiting}/{batcher.capacity})")
         try:
-            total = await run_in_threadpool(request_pixels, files, max_pixels)
+            # Headers only (~10 us an image): a few inline, a large request off the loop.
+            if len(files) <= INLINE_HEADER_CHECKS:
+                total = request_pixels(files, max_pixels)
+            else:
+                total = await run_in_threadpool(request_pixels, files, max_pixels)
             if total > max_request_pixels:
                 raise over_budget(files, total, max_request_pixels)
         except ImageRejected as exc:
             return rejected(exc)
 
         async def work() -> Any:
-            async with gate.admitted(len(files)):
-                x = await gate.decode(files, cfg, max_pixels=max_pixels)
-            return await batcher.submit(x)
+            n = len(files)
+            batcher.announce(n)  # the batcher waits for these, and only for announced images
+            try:
+                async with gate.admitted(n):
+                    x = await gate.decode(files, cfg, max_pixels=max_pixels)
+            except BaseException:
+                batcher.withdraw(n)
+                raise
+            return await batcher.submit(x, announced=n)
 
         try:
             floats = await until_disconnected(

@@ -16,6 +16,17 @@ Layout, all integers little-endian:
 
 A reader needs only `struct` and `numpy.frombuffer`; the total size is exact, so a truncated or
 padded body is detected.
+
+The request the API and the worker send (`application/x-headhub-images`), the images as they
+arrived, framed instead of multipart (no boundary search, no temporary files):
+
+    0       4     magic  b"HHIM"
+    4       2     version (1)
+    6       2     N: number of images
+    then N times: 2 name length n, n bytes UTF-8 file name, 4 length m, m bytes of the file
+
+`POST /v1/features` takes it beside multipart; `decode_images` checks every length against the
+body, so a truncated or padded body is refused.
 """
 
 from __future__ import annotations
@@ -29,12 +40,15 @@ from extractor.packing import packed_width
 
 __all__ = [
     "CONTENT_TYPE",
+    "IMAGES_CONTENT_TYPE",
     "MAGIC",
     "VERSION",
     "FeatureBatch",
     "WireFormatError",
     "decode_features",
+    "decode_images",
     "encode_features",
+    "encode_images",
 ]
 
 CONTENT_TYPE = "application/x-headhub-features"
@@ -42,6 +56,11 @@ MAGIC = b"HHFT"
 VERSION = 1
 _FIXED = struct.Struct("<4sHHIIH")  # magic, version, header_len, B, D, id_len
 _MAX_ID_LEN = 256
+IMAGES_CONTENT_TYPE = "application/x-headhub-images"
+IMAGES_MAGIC = b"HHIM"
+_IMAGES_FIXED = struct.Struct("<4sHH")  # magic, version, N
+_NAME_LEN = struct.Struct("<H")
+_DATA_LEN = struct.Struct("<I")
 
 
 class WireFormatError(ValueError):
@@ -116,3 +135,48 @@ def decode_features(data: bytes) -> FeatureBatch:
         floats=floats.astype(np.float32),  # native-endian, writable copy
         bits=bits.reshape(b, packed_width(d)).copy(),
     )
+
+
+def encode_images(files: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> bytes:
+    """(file name, bytes) pairs -> an `application/x-headhub-images` body."""
+    if len(files) > 0xFFFF:
+        raise ValueError("at most 65535 images per request")
+    out = [_IMAGES_FIXED.pack(IMAGES_MAGIC, VERSION, len(files))]
+    for name, data in files:
+        raw = name.encode("utf-8", "replace")[:1024]
+        out += [_NAME_LEN.pack(len(raw)), raw, _DATA_LEN.pack(len(data)), data]
+    return b"".join(out)
+
+
+def decode_images(body: bytes, max_files: int) -> list[tuple[str, bytes]]:
+    """Parse an `application/x-headhub-images` body; WireFormatError on any inconsistency."""
+    view = memoryview(body)
+    if len(view) < _IMAGES_FIXED.size:
+        raise WireFormatError(f"{len(view)} bytes is shorter than the header")
+    magic, version, n = _IMAGES_FIXED.unpack_from(view)
+    if magic != IMAGES_MAGIC:
+        raise WireFormatError(f"bad magic {magic!r}")
+    if version != VERSION:
+        raise WireFormatError(f"unsupported wire version {version}")
+    if not 0 < n <= max_files:
+        raise WireFormatError(f"{n} images; send 1 to {max_files}")
+    files: list[tuple[str, bytes]] = []
+    at = _IMAGES_FIXED.size
+    for _ in range(n):
+        if at + 2 > len(view):
+            raise WireFormatError("truncated before a file name")
+        (name_len,) = _NAME_LEN.unpack_from(view, at)
+        at += 2
+        if name_len > 1024 or at + name_len + 4 > len(view):
+            raise WireFormatError("truncated or oversized file name")
+        name = bytes(view[at : at + name_len]).decode("utf-8", "replace")
+        at += name_len
+        (data_len,) = _DATA_LEN.unpack_from(view, at)
+        at += 4
+        if at + data_len > len(view):
+            raise WireFormatError("truncated file")
+        files.append((name, bytes(view[at : at + data_len])))
+        at += data_len
+    if at != len(view):
+        raise WireFormatError(f"{len(view) - at} bytes after the last file")
+    return files

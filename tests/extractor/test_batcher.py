@@ -101,3 +101,58 @@ async def test_stop_finishes_queued_work_then_refuses_new_work() -> None:
     assert not batcher.running
     with pytest.raises(BatcherStopped):
         await batcher.submit(images(1))
+
+
+async def test_an_eager_batcher_runs_a_lone_request_without_waiting() -> None:
+    """Nothing announced: the forward pass starts at once, not after max_wait_ms."""
+    import time
+
+    batcher = MicroBatcher(first_pixel, max_batch=8, max_wait_ms=2000, eager=True)
+    batcher.start()
+    try:
+        start = time.monotonic()
+        rows = await batcher.submit(images(1))
+        assert time.monotonic() - start < 1.5  # far below the 2 s window it would have waited
+    finally:
+        batcher.stop()
+    assert rows[:, 0].tolist() == [0]
+
+
+async def test_an_eager_batcher_waits_for_announced_images_and_batches_them() -> None:
+    sizes: list[int] = []
+    batcher = MicroBatcher(
+        first_pixel,
+        max_batch=8,
+        max_wait_ms=2000,
+        eager=True,
+        on_batch=lambda n, s: sizes.append(n),
+    )
+    batcher.start()
+    try:
+        batcher.announce(3)  # a request of 3 is decoding
+        first = asyncio.ensure_future(batcher.submit(images(1), announced=0))
+        await asyncio.sleep(0.2)  # the lone image waits: 3 more are on their way
+        assert not first.done()
+        second = await batcher.submit(images(3, 10), announced=3)
+        assert (await first)[:, 0].tolist() == [0]
+        assert second[:, 0].tolist() == [10, 11, 12]
+    finally:
+        batcher.stop()
+    assert sizes == [4]
+
+
+async def test_withdrawn_images_are_not_waited_for() -> None:
+    import time
+
+    batcher = MicroBatcher(first_pixel, max_batch=8, max_wait_ms=2000, eager=True)
+    batcher.start()
+    try:
+        batcher.announce(2)
+        pending = asyncio.ensure_future(batcher.submit(images(1)))
+        await asyncio.sleep(0.1)
+        start = time.monotonic()
+        batcher.withdraw(2)  # that request's images failed to decode
+        await pending
+        assert time.monotonic() - start < 1.5
+    finally:
+        batcher.stop()

@@ -194,6 +194,28 @@ def test_preprocess_normalises_with_the_checkpoints_mean_and_std() -> None:
         assert torch.allclose(x[c], torch.full((32, 32), expected), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [CFG, {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}],
+    ids=["checkpoint", "half"],
+)
+def test_preprocess_gives_normalizes_bits_for_every_8_bit_value(cfg: dict) -> None:
+    """preprocess normalises in numpy; every level of every channel must give the very float32
+    that `normalize` (torch) gives, so features do not move by a bit."""
+    from extractor.imaging import normalize
+
+    side = cfg["input_size"][1]
+    cfg = {**cfg, "resize": side}  # no resampling: the pixels below are the network's input
+    levels = np.arange(side * side) % 256
+    rgb = np.stack([levels, levels[::-1], (levels * 7) % 256], axis=-1).astype(np.uint8)
+    img = Image.fromarray(rgb.reshape(side, side, 3), "RGB")
+    x = preprocess(img, cfg)
+    unit = rgb.reshape(side, side, 3).astype(np.float32) / 255.0  # float32, as it always was
+    expected = normalize(torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1))), cfg)
+    assert x.is_contiguous() and x.dtype == torch.float32
+    assert torch.equal(x, expected)
+
+
 def test_preprocess_resizes_the_shorter_side_and_crops_the_center() -> None:
     img = Image.new("RGB", (300, 100), (255, 0, 0))
     img.paste((0, 255, 0), (100, 0, 200, 100))  # green middle third

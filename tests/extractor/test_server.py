@@ -232,3 +232,56 @@ async def test_each_request_is_logged_as_json_with_its_request_id(client, caplog
         doc["request_id"] == "trace-42" and doc["path"] == "/v1/features" and doc["status"] == 200
         for doc in lines
     )
+
+
+async def test_framed_images_body_gives_the_multipart_features(client) -> None:
+    from extractor.wire import IMAGES_CONTENT_TYPE, encode_images
+
+    multipart = decode_features((await post(client, IMAGES[:3])).content)
+    r = await client.post(
+        "/v1/features",
+        content=encode_images(IMAGES[:3]),
+        headers={"content-type": IMAGES_CONTENT_TYPE},
+    )
+    assert r.status_code == 200, r.text
+    framed = decode_features(r.content)
+    assert np.array_equal(framed.floats, multipart.floats)
+    assert np.array_equal(framed.bits, multipart.bits)
+    bad = await client.post(
+        "/v1/features", content=b"HHIM\x01\x00", headers={"content-type": IMAGES_CONTENT_TYPE}
+    )
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_images_body"
+
+
+def test_client_over_a_unix_socket(loaded, tmp_path) -> None:
+    """`unix:/path` replicas: the API's async client and the worker's blocking one."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from extractor.client import ExtractorClient
+
+    sock = tmp_path / "extractor.sock"
+    app = create_app(loaded, reference=True)
+    server = uvicorn.Server(uvicorn.Config(app, uds=str(sock), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        _floats, bits = expected(loaded, IMAGES[:2])
+        with ExtractorClient(f"unix:{sock}") as c:
+            got = c.features_sync(IMAGES[:2])
+            assert c.info_sync()["id"] == loaded.id
+        assert np.array_equal(got.bits, bits)
+
+        async def async_call() -> object:
+            async with ExtractorClient(f"unix://{sock}") as c:
+                return await c.features(IMAGES[:2])
+
+        assert np.array_equal(asyncio.run(async_call()).bits, bits)  # type: ignore[attr-defined]
+    finally:
+        server.should_exit = True
+        thread.join(10)

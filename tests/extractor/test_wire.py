@@ -83,3 +83,16 @@ def test_feature_batch_rejects_mismatched_bits() -> None:
     floats = np.zeros((2, 20), dtype=np.float32)
     with pytest.raises(ValueError, match="bits shape"):
         FeatureBatch("x", floats, np.zeros((2, 2), dtype=np.uint8))
+
+
+def test_images_round_trip_and_truncation_is_refused() -> None:
+    from extractor.wire import decode_images, encode_images
+
+    files = [("a.png", b"\x89PNG..."), ("ünï.jpg", b""), ("c", bytes(range(256)) * 3)]
+    body = encode_images(files)
+    assert decode_images(body, max_files=3) == files
+    for bad in (body[:-1], body + b"x", b"HHIM", b"XXXX" + body[4:]):
+        with pytest.raises(WireFormatError):
+            decode_images(bad, max_files=3)
+    with pytest.raises(WireFormatError, match="images"):
+        decode_images(body, max_files=2)
