@@ -246,6 +246,10 @@ def test_delete_removes_dataset_and_unshared_blobs(
     assert client.get(f"/v1/datasets/{gone_ds}", headers=t.owner_headers).status_code == 404
     assert settings.blob_dir is not None
     assert (settings.blob_dir / image_key(sha256_hex(shared))).exists()
+    # Unshared bytes wait for `headhub gc` and its grace period (docs/threats.md)
+    assert (settings.blob_dir / image_key(sha256_hex(own))).exists()
+    _gc_now(client)
+    assert (settings.blob_dir / image_key(sha256_hex(shared))).exists()
     assert not (settings.blob_dir / image_key(sha256_hex(own))).exists()
     again = client.delete(f"/v1/datasets/{gone_ds}", headers=t.owner_headers)
     assert again.status_code == 404
@@ -295,6 +299,14 @@ def test_images_are_listed_by_label_and_paged(client: TestClient, make_tenant: M
     assert seen == sorted(sha256_hex(d) for d in imgs)
 
 
+def _gc_now(client: TestClient) -> None:
+    """`headhub gc` once the grace period is over for every blob written so far."""
+    from service.storage.gc import collect_garbage
+
+    app = client.app
+    collect_garbage(app.state.sessionmaker, app.state.blobs, grace_s=0, now=10**10)  # type: ignore[attr-defined]
+
+
 def test_deleting_one_image_updates_counts(
     client: TestClient, make_tenant: MakeTenant, settings: Settings
 ) -> None:
@@ -308,6 +320,7 @@ def test_deleting_one_image_updates_counts(
     got = client.get(f"/v1/datasets/{ds}", headers=t.owner_headers).json()
     assert got["label_counts"] == {"cat": 1}
     assert settings.blob_dir is not None
+    _gc_now(client)  # unreferenced bytes go with `headhub gc`, not with the delete
     assert not (settings.blob_dir / image_key(sha)).exists()
     again = client.delete(f"/v1/datasets/{ds}/images/{sha}", headers=t.owner_headers)
     assert again.status_code == 404 and again.json()["code"] == "image_not_found"
