@@ -41,3 +41,23 @@ def test_every_client_command_in_the_journey_exists() -> None:
     assert {"upload", "train", "predict", "publish", "export"} <= commands
     for name in commands:
         assert CliRunner().invoke(app, [name, "--help"]).exit_code == 0, name
+
+
+def test_the_extractor_upgrade_path_is_five_commands_that_exist() -> None:
+    from typer.testing import CliRunner
+
+    from service.commands.cli import app
+
+    section = README.split("## Upgrading the extractor", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    commands = [ln.split("#", 1)[0].split() for ln in block.strip().splitlines()]
+    assert len(commands) == 5 and all(c[0] == "headhub" for c in commands)
+    assert [c[1:3] for c in commands] == [
+        ["extractor", "install"],
+        ["extractors", "register"],
+        ["extractors", "default"],
+        ["extractors", "move"],
+        ["extractors", "deprecate"],
+    ]
+    for c in commands:
+        assert CliRunner().invoke(app, [*c[1:3], "--help"]).exit_code == 0, c
