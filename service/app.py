@@ -19,6 +19,7 @@ from service.extractors.endpoints import head_moves_router
 from service.extractors.endpoints import router as extractors_router
 from service.heads.endpoints import admin_router as admin_heads_router
 from service.heads.endpoints import router as heads_router
+from service.heads.metering import UsageMeter
 from service.http.guard import BodyGuardMiddleware, SecurityHeadersMiddleware
 from service.http.health import router as health_router
 from service.http.invalidation import Listener, LookupCache, bind_sessionmaker, notifier_kind
@@ -79,6 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         bind_sessionmaker(app.state.sessionmaker, settings, app.state.lookups)
         app.state.invalidation_listener = Listener(app.state.lookups, settings).start()
+        # Usage counted in memory, written at least every usage_flush_interval_s and at the end.
+        app.state.usage_meter = UsageMeter(
+            app.state.sessionmaker, settings.usage_flush_interval_s
+        ).start()
         app.state.extractor = ExtractorClient(
             settings.extractor_urls,
             timeout=settings.extractor_timeout_s,
@@ -91,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             registering.cancel()
+            app.state.usage_meter.stop()  # in-flight requests are done: write every count
             app.state.invalidation_listener.stop()
             await app.state.extractor.aclose()
             app.state.engine.dispose()

@@ -7,7 +7,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
@@ -90,6 +90,30 @@ def authenticate(
         stamp = as_utc(key.last_used_at)
         cache.put(("key", key_id), _CachedKey(principal, key.secret_hash, stamp), token)
     return principal
+
+
+def authenticate_cached(
+    lookups: Any, authorization: str | None, *, pepper: bytes, admin_key: str | None
+) -> Principal | None:
+    """`authenticate` for a key the process's cache knows (or the admin key), without a session
+    or a thread: the principal, `Unauthorized` for a wrong secret, or None when only the
+    database can tell (unknown key, a last-use stamp due, a malformed header: `authenticate`
+    then answers, with its one 401 body for every failure)."""
+    if not authorization or not authorization.startswith("Bearer "):
+        return None
+    raw = authorization.removeprefix("Bearer ").strip()
+    if admin_key and hmac.compare_digest(raw.encode(), admin_key.encode()):
+        return Principal(key_id="admin", scope="admin", tenant_id=None, tenant_name=None)
+    parsed = parse_key(raw)
+    if parsed is None:
+        return None
+    key_id, secret = parsed
+    hit: _CachedKey | None = lookups.get(("key", key_id))
+    if hit is None or utcnow() - hit.last_used_at > LAST_USED_RESOLUTION:
+        return None
+    if not hmac.compare_digest(hash_secret(secret, pepper), hit.secret_hash):
+        raise Unauthorized()
+    return hit.principal
 
 
 @dataclass(frozen=True)

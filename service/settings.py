@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     cache_ttl_s: float = 2.0
     # With a notifier: a backstop for a lost message (a publisher killed right after commit).
     cache_notified_ttl_s: float = 60.0
+    # Usage of public heads is counted in memory and written in one transaction at least this
+    # often (and at shutdown): a crashed API process loses at most this long's counts.
+    usage_flush_interval_s: float = Field(default=1.0, gt=0, le=1.0)
 
     # --- operations (README, "Operations") ---
     log_level: str = "INFO"

@@ -12,7 +12,7 @@ from service.deps import AdminDep, BlobsDep, OwnerDep, PredictDep, SessionDep, S
 from service.errors import Forbidden, Unprocessable
 from service.heads import repository as repo
 from service.heads import service, views
-from service.heads.deps import HeadCacheDep
+from service.heads.deps import HeadCacheDep, UsageFlushedDep
 from service.heads.onnx_export import head_to_onnx_bytes
 from service.heads.refs import ALIAS_PATTERN, is_valid_alias
 from service.heads.schemas import (
@@ -49,7 +49,11 @@ _BINARY: dict[int | str, dict[str, Any]] = {
 
 @router.get("", response_model=HeadList)
 def list_heads(
-    session: SessionDep, principal: PredictDep, limit: Limit = 50, cursor: Cursor = None
+    _flushed: UsageFlushedDep,
+    session: SessionDep,
+    principal: PredictDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> HeadList:
     """The caller's heads by name (for an admin: every tenant's, by owner and name)."""
     rows = repo.list_heads(
@@ -62,7 +66,9 @@ def list_heads(
 
 
 @router.get("/{owner}/{name}", response_model=HeadOut, responses=_PROBLEMS)
-def get_head(owner: Owner, name: Name, session: SessionDep, principal: PredictDep) -> HeadOut:
+def get_head(
+    _flushed: UsageFlushedDep, owner: Owner, name: Name, session: SessionDep, principal: PredictDep
+) -> HeadOut:
     """A head with its aliases and versions: own, public, or any for an admin. Another tenant's
     public head shows no dataset or job ids and no per-class image counts."""
     head = service.find_visible(session, principal, owner, name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from sqlalchemy import event
@@ -25,6 +25,9 @@ from service.heads.headfile import (
     infer_feature_dim,
     to_numpy,
 )
+
+if TYPE_CHECKING:
+    from service.http.invalidation import LookupCache
 from service.heads.refs import (
     HeadRef,
     InvalidHeadRef,
@@ -244,6 +247,18 @@ class ResolvedVersion:
     blob_key: str
 
 
+def _resolution_key(principal: Principal, ref: HeadRef) -> tuple[object, ...]:
+    return ("ref", principal.tenant_id, principal.scope, principal.tenant_name, str(ref))
+
+
+def resolve_cached(
+    lookups: LookupCache, principal: Principal, ref: HeadRef
+) -> ResolvedVersion | None:
+    """The cached resolution of `ref` for `principal`, or None (then `resolve_for_use`): the
+    prediction's path on the event loop, with no session and no thread."""
+    return lookups.get(_resolution_key(principal, ref))  # type: ignore[no-any-return]
+
+
 def resolve_for_use(session: Session, principal: Principal, ref: HeadRef) -> ResolvedVersion:
     """`resolve`, through the API process's lookup cache when the session carries one: entries
     are dropped when a head, alias, version or key changes in any process (refusals are never
@@ -251,7 +266,7 @@ def resolve_for_use(session: Session, principal: Principal, ref: HeadRef) -> Res
     from service.http.invalidation import cache_of
 
     cache = cache_of(session)
-    key = ("ref", principal.tenant_id, principal.scope, principal.tenant_name, str(ref))
+    key = _resolution_key(principal, ref)
     hit: ResolvedVersion | None = cache.get(key) if cache is not None else None
     if hit is not None:
         return hit

@@ -69,6 +69,12 @@ def _authenticate(request: Request) -> Any:
     return principal_before_body(request)
 
 
+def _authenticate_cached(request: Request) -> Any:
+    from service.deps import cached_principal
+
+    return cached_principal(request)
+
+
 class BodyGuardMiddleware:
     """Authenticate `/v1` requests that carry a body before reading it; then apply the route's
     body limit (`BodySizeLimitMiddleware`, one per limit)."""
@@ -78,9 +84,12 @@ class BodyGuardMiddleware:
         app: ASGIApp,
         settings: Settings,
         authenticate: Callable[[Request], Any] = _authenticate,
+        authenticate_cached: Callable[[Request], Any] | None = _authenticate_cached,
     ) -> None:
         self.app = app
         self.authenticate = authenticate
+        # A key the process's cache knows is checked on the event loop (None: not known there).
+        self.authenticate_cached = authenticate_cached
         self.limited = {
             kind: BodySizeLimitMiddleware(app, max_body_bytes=limit)
             for kind, limit in body_limits(settings).items()
@@ -106,6 +115,8 @@ class BodyGuardMiddleware:
 
         request = Request(scope)  # no `receive`: it cannot read the body
         try:
+            if self.authenticate_cached is not None and self.authenticate_cached(request):
+                return None
             await run_in_threadpool(self.authenticate, request)
             return None
         except HeadhubError as exc:

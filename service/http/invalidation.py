@@ -132,7 +132,10 @@ _WATCHED_COLUMNS: dict[str, set[str] | None] = {
     "Head": {"suspended", "visibility", "name", "tenant_id", "version_counter"},
     "HeadVersion": None,  # any change
     "HeadAlias": None,
+    # The registry's verdict on a prediction's extractors (410 retired, Deprecation/Sunset).
+    "Extractor": {"status", "sunset", "deprecated_at"},
 }
+_WATCHED_NEW = {"HeadVersion", "HeadAlias", "Extractor"}  # inserts that change an answer
 
 
 def _watched(obj: object) -> bool:
@@ -159,7 +162,7 @@ def _after_flush(session: Session, _ctx: Any) -> None:
     if session.info.get(_INFO_KEY):
         return
     if any(_watched(o) for o in session.deleted) or any(
-        _watched(o) and type(o).__name__ in {"HeadVersion", "HeadAlias"} for o in session.new
+        _watched(o) and type(o).__name__ in _WATCHED_NEW for o in session.new
     ):
         _mark(session)
         return

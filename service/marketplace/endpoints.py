@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.deps import PrincipalDep, SessionDep
+from service.heads.deps import UsageFlushedDep
 from service.heads.views import parse_cursor
 from service.marketplace import service
 from service.marketplace.schemas import MarketplaceList
@@ -16,6 +17,7 @@ router = APIRouter(prefix="/v1/marketplace", tags=["marketplace"])
 
 @router.get("", response_model=MarketplaceList)
 def marketplace(
+    _flushed: UsageFlushedDep,
     session: SessionDep,
     _: PrincipalDep,
     q: Annotated[

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from collections.abc import Collection
 from typing import Annotated, Any
 
 import numpy as np
@@ -12,7 +14,15 @@ from starlette.concurrency import run_in_threadpool
 
 from extractor.client import ExtractorNotServed
 from extractor.web.requests import current_request_id
-from service.deps import BlobsDep, ExtractorDep, PredictDep, SessionDep, SettingsDep
+from service.db import session_scope
+from service.deps import (
+    BlobsDep,
+    ExtractorDep,
+    PredictDep,
+    PredictPrincipalDep,
+    SessionDep,
+    SettingsDep,
+)
 from service.errors import (
     BadGateway,
     PayloadTooLarge,
@@ -21,7 +31,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.extractors import service as extractors
-from service.heads.deps import HeadCacheDep
+from service.heads.deps import HeadCacheDep, UsageMeterDep
 from service.predict import service
 from service.predict.extractor_errors import extractor_errors
 from service.predict.schemas import FeaturesRequest, PredictResponse
@@ -57,7 +67,7 @@ async def _features(
     request_id: str,
     extractor_id: str,
     planned: list[service.PlannedHead],
-    registered: dict[str, Any],
+    registered: Collection[str],
 ) -> Any:
     """Call one extractor and map its failures: down -> 503, garbage -> 502, bad image -> 4xx;
     an extractor no replica serves is 409 for a head pinned to an unknown one, 503 for a
@@ -108,6 +118,12 @@ def check_budget(parts: list[tuple[str, bytes]], settings: Any) -> None:
         raise kind(f"{exc.filename}: {exc.reason}", code=exc.code) from None
 
 
+# Below these sizes a step runs on the event loop: a worker-thread hop costs more than the work
+# (bench/results/profile.md); larger requests go to a thread so the loop keeps serving others.
+INLINE_IMAGES = 4  # header checks of the pixel budget
+INLINE_SCORES = 64  # images x heads evaluated inline
+
+
 @router.post(
     "",
     response_model=PredictResponse,
@@ -115,12 +131,11 @@ def check_budget(parts: list[tuple[str, bytes]], settings: Any) -> None:
 )
 async def predict(
     request: Request,
-    response: Response,
-    session: SessionDep,
-    principal: PredictDep,
+    principal: PredictPrincipalDep,
     settings: SettingsDep,
     blobs: BlobsDep,
     cache: HeadCacheDep,
+    meter: UsageMeterDep,
     extractor: ExtractorDep,
     heads: Annotated[
         str,
@@ -131,7 +146,7 @@ async def predict(
     ],
     files: Annotated[list[UploadFile], File(description="One or more images.")],
     top_k: Annotated[int, Query(ge=1, le=100)] = 5,
-) -> PredictResponse:
+) -> Response:
     """Score images with one or more heads, which may be pinned to different extractors: each
     image goes once through each extractor needed. A head on a deprecated extractor answers with
     `Deprecation` and `Sunset` headers; one on a retired extractor is 410."""
@@ -139,19 +154,25 @@ async def predict(
         raise PayloadTooLarge(
             f"At most {settings.max_files_per_request} files per request.", code="too_many_files"
         )
-    planned = await run_in_threadpool(service.plan, session, blobs, cache, principal, [heads])
-    registered, deprecated = await run_in_threadpool(
-        extractors.gate, session, [(p.head_id, p.ref, p.extractor_id) for p in planned]
-    )
-    # End the read transaction (keeping the key's last-use stamp) before the network call, so no
-    # database lock or connection is held while the extractor works.
-    await run_in_threadpool(session.commit)
+    # Heads, their weights and the registry's verdict from this process's caches when they are
+    # there; otherwise one worker-thread call with one short transaction, ended before the
+    # extractor is called, so no database lock or connection is held while it works.
+    state = request.app.state
+    found = service.plan_cached(getattr(state, "lookups", None), cache, principal, heads)
+    if found is None:
+        found = await run_in_threadpool(
+            _plan_and_gate, state.sessionmaker, blobs, cache, principal, heads
+        )
+    planned, gate = found
     parts = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
-    await run_in_threadpool(check_budget, parts, settings)
+    if len(parts) <= INLINE_IMAGES:
+        check_budget(parts, settings)
+    else:
+        await run_in_threadpool(check_budget, parts, settings)
     request_id = current_request_id() or uuid.uuid4().hex  # the id the response echoes
     ids = service.extractor_ids(planned)
     batches = await asyncio.gather(
-        *(_features(extractor, parts, request_id, eid, planned, registered) for eid in ids)
+        *(_features(extractor, parts, request_id, eid, planned, gate.registered) for eid in ids)
     )
     features: dict[str, tuple[Any, Any]] = {}
     for eid, batch in zip(ids, batches, strict=True):
@@ -159,16 +180,32 @@ async def predict(
         _check_batch(batch, len(parts))
         features[eid] = (batch.floats, batch.bits)
     names = [name for name, _ in parts]
-    results = await run_in_threadpool(
-        service.run_heads_per_extractor, planned, features, names, top_k
+    if len(parts) * len(planned) <= INLINE_SCORES:
+        results = service.run_heads_per_extractor(planned, features, names, top_k)
+    else:
+        results = await run_in_threadpool(
+            service.run_heads_per_extractor, planned, features, names, top_k
+        )
+    service.record_usage(meter, planned, principal, len(parts))
+    body = {
+        "extractor_id": ids[0],
+        "extractors": {p.ref: p.extractor_id for p in planned},
+        "results": results,
+    }
+    # The response model documents the body; encoding the plain dicts directly skips building
+    # and validating a model per label (the shape is PredictResponse's, checked by the tests).
+    return Response(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(),
+        media_type="application/json",
+        headers=gate.headers,
     )
-    await run_in_threadpool(service.record_usage, session, planned, principal, len(parts))
-    response.headers.update(extractors.deprecation_headers(deprecated))
-    return PredictResponse(
-        extractor_id=ids[0],
-        extractors={p.ref: p.extractor_id for p in planned},
-        results=results,
-    )
+
+
+def _plan_and_gate(
+    factory: Any, blobs: Any, cache: Any, principal: Any, heads: str
+) -> tuple[list[service.PlannedHead], service.Gate]:
+    with session_scope(factory) as session:
+        return service.plan_and_gate(session, blobs, cache, principal, heads)
 
 
 @router.post("/features", response_model=PredictResponse, responses=_PROBLEMS)
@@ -179,6 +216,7 @@ def predict_features(
     principal: PredictDep,
     blobs: BlobsDep,
     cache: HeadCacheDep,
+    meter: UsageMeterDep,
 ) -> PredictResponse:
     """Run only the heads on features the client computed with its own copy of the extractor."""
     planned = service.plan(session, blobs, cache, principal, body.heads)
@@ -187,10 +225,10 @@ def predict_features(
     floats, bits = service.parse_feature_input(body.features, planned)
     names = [f"features[{i}]" for i in range(len(body.features))]
     results = service.run_heads(planned, floats, bits, names, body.top_k)
-    service.record_usage(session, planned, principal, len(names))
+    service.record_usage(meter, planned, principal, len(names))
     response.headers.update(extractors.deprecation_headers(deprecated))
     return PredictResponse(
         extractor_id=body.extractor_id,
         extractors={p.ref: p.extractor_id for p in planned},
-        results=results,
+        results=results,  # type: ignore[arg-type]  # dicts of ImageResult's shape
     )

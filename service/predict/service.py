@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -19,13 +20,16 @@ from sqlalchemy.orm import Session
 from service.auth import Principal
 from service.errors import Conflict, Unprocessable
 from service.heads import evaluate
-from service.heads import repository as heads_repo
 from service.heads import service as heads
 from service.heads.cache import HeadCache
 from service.heads.headfile import HeadFile
 from service.heads.refs import InvalidHeadRef, parse_ref, parse_ref_list
-from service.predict.schemas import MAX_HEADS_PER_REQUEST, ImageResult, Prediction
+from service.predict.schemas import MAX_HEADS_PER_REQUEST
 from service.storage.blobstore import BlobStore
+
+if TYPE_CHECKING:
+    from service.heads.metering import UsageMeter
+    from service.http.invalidation import LookupCache
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,74 @@ def plan(
     return planned
 
 
+@dataclass(frozen=True)
+class Gate:
+    """What `extractors.gate` decided for a set of extractors, as plain values (cacheable)."""
+
+    registered: frozenset[str]  # extractor ids in the registry
+    headers: dict[str, str]  # Deprecation / Sunset, if any of them is deprecated
+
+
+def _gate_key(planned: list[PlannedHead]) -> tuple[object, ...]:
+    return ("gate", tuple(sorted({p.extractor_id for p in planned})))
+
+
+def plan_cached(
+    lookups: LookupCache | None,
+    cache: HeadCache,
+    principal: Principal,
+    refs_text: str,
+) -> tuple[list[PlannedHead], Gate] | None:
+    """`plan` + `gate` from the process's caches alone (no session, no thread, no blob read), or
+    None when any part must come from the database or the blob store (then `plan_and_gate`).
+    The lookup cache's entries are dropped by the changes that would alter them
+    (service/http/invalidation.py), so this answers what the database would."""
+    if lookups is None:
+        return None
+    try:
+        refs = parse_ref_list(refs_text, max_refs=MAX_HEADS_PER_REQUEST)
+    except InvalidHeadRef as exc:
+        raise heads.invalid_ref(exc) from exc
+    planned: list[PlannedHead] = []
+    for ref in refs:
+        resolved = heads.resolve_cached(lookups, principal, ref)
+        if resolved is None:
+            return None
+        head_file = cache.get(resolved.id)
+        if head_file is None:
+            return None
+        if all(p.ref != resolved.ref for p in planned):
+            planned.append(PlannedHead(resolved.head_id, resolved.ref, head_file))
+    gate: Gate | None = lookups.get(_gate_key(planned))
+    if gate is None:
+        return None
+    return planned, gate
+
+
+def plan_and_gate(
+    session: Session,
+    blobs: BlobStore,
+    cache: HeadCache,
+    principal: Principal,
+    refs_text: str,
+) -> tuple[list[PlannedHead], Gate]:
+    """`plan`, then the extractor registry's verdict on the heads' extractors (410 for a retired
+    one), kept in the lookup cache for `plan_cached` (refusals are never cached)."""
+    from service.extractors import service as extractors
+    from service.http.invalidation import cache_of
+
+    lookups = cache_of(session)
+    token = lookups.token() if lookups is not None else 0
+    planned = plan(session, blobs, cache, principal, [refs_text])
+    rows, deprecated = extractors.gate(
+        session, [(p.head_id, p.ref, p.extractor_id) for p in planned]
+    )
+    gate = Gate(frozenset(rows), extractors.deprecation_headers(deprecated))
+    if lookups is not None:
+        lookups.put(_gate_key(planned), gate, token)
+    return planned, gate
+
+
 def check_extractor(planned: list[PlannedHead], extractor_id: str) -> None:
     for p in planned:
         if p.head.extractor_id != extractor_id:
@@ -89,7 +161,7 @@ def run_heads_per_extractor(
     features: dict[str, tuple[np.ndarray | None, np.ndarray | None]],
     names: list[str],
     top_k: int,
-) -> list[ImageResult]:
+) -> list[dict[str, Any]]:
     """`run_heads` for heads on several extractors: each on its extractor's (floats, bits);
     predictions keep the order the heads were named in."""
     parts = {
@@ -97,14 +169,14 @@ def run_heads_per_extractor(
         for eid in extractor_ids(planned)
     }
     return [
-        ImageResult(
-            filename=name,
-            predictions={
-                p.ref: parts[p.extractor_id][i].predictions[p.ref]
+        {
+            "filename": name,
+            "predictions": {
+                p.ref: parts[p.extractor_id][i]["predictions"][p.ref]
                 for p in planned
-                if p.ref in parts[p.extractor_id][i].predictions
+                if p.ref in parts[p.extractor_id][i]["predictions"]
             },
-        )
+        }
         for i, name in enumerate(names)
     ]
 
@@ -115,8 +187,9 @@ def run_heads(
     bits: np.ndarray | None,
     names: list[str],
     top_k: int,
-) -> list[ImageResult]:
-    """Evaluate each head on the whole batch; ``names`` label the rows."""
+) -> list[dict[str, Any]]:
+    """Evaluate each head on the whole batch; ``names`` label the rows. Results are plain
+    dicts of `ImageResult`'s shape, encoded to JSON without building a model per label."""
     per_head: dict[str, list[list[tuple[str, float]]]] = {}
     for p in planned:
         try:
@@ -125,25 +198,26 @@ def run_heads(
             raise Conflict(f"Head '{p.ref}': {exc}.", code="extractor_mismatch") from exc
         per_head[p.ref] = evaluate.top_k(probs, p.head.labels, top_k)
     return [
-        ImageResult(
-            filename=name,
-            predictions={
-                ref: [Prediction(label=label, score=score) for label, score in rows[i]]
+        {
+            "filename": name,
+            "predictions": {
+                ref: [{"label": label, "score": score} for label, score in rows[i]]
                 for ref, rows in per_head.items()
             },
-        )
+        }
         for i, name in enumerate(names)
     ]
 
 
 def record_usage(
-    session: Session, planned: list[PlannedHead], principal: Principal, n: int
+    meter: UsageMeter, planned: list[PlannedHead], principal: Principal, n: int
 ) -> None:
-    """Meter images scored per (head, consuming tenant); the operator's own calls are not billed."""
+    """Meter images scored per (head, consuming tenant); the operator's own calls are not billed.
+    Counted in memory and written in batches (service/heads/metering.py, its bound)."""
     if principal.tenant_id is None:
         return
     for p in planned:
-        heads_repo.add_usage(session, p.head_id, principal.tenant_id, n)
+        meter.add(p.head_id, principal.tenant_id, n)
 
 
 def parse_feature_input(
