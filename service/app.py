@@ -27,6 +27,7 @@ from service.http.openapi import install_openapi
 from service.http.prometheus import REQUESTS_IN_FLIGHT, observe_request
 from service.http.prometheus import router as metrics_router
 from service.http.ratelimit import AddressLimitMiddleware, make_rate_limits
+from service.http.workers import SharedCounter, shared_dir
 from service.jobs.endpoints import router as jobs_router
 from service.marketplace.endpoints import router as marketplace_router
 from service.predict.endpoints import router as predict_router
@@ -64,6 +65,16 @@ async def _register_default(app: FastAPI) -> None:
         logging.getLogger("headhub.extractors").info("default extractor not registered: %s", exc)
 
 
+def create_app_from_environment() -> FastAPI:
+    """The app of one `headhub api --workers N` process (uvicorn's factory: settings from the
+    environment, as every worker reads the same)."""
+    from extractor.web.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging("api", level=settings.log_level, fmt=settings.log_format)
+    return create_app(settings)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -73,10 +84,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = make_sessionmaker(app.state.engine)
         # Key and head-resolution cache, cleared by changes in any process (PostgreSQL NOTIFY or
         # Redis pub/sub), else entries live cache_ttl_s (docs/architecture.md).
+        # One of several `headhub api --workers N` processes: changes reach the siblings at once.
+        workers_dir = shared_dir()
         app.state.lookups = LookupCache(
             ttl_s=settings.cache_ttl_s,
             notified_ttl_s=settings.cache_notified_ttl_s,
             notified=notifier_kind(settings) != "none",
+            siblings=SharedCounter(workers_dir / "generation") if workers_dir else None,
         )
         bind_sessionmaker(app.state.sessionmaker, settings, app.state.lookups)
         app.state.invalidation_listener = Listener(app.state.lookups, settings).start()

@@ -1,7 +1,8 @@
 """Logging of every headhub process: one handler on the root logger, one line per record.
 
 JSON (one object per line, for log shippers) by default, text for a person at a terminal. Both
-carry the id of the request being served (`extractor.web.requests.request_id_var`); fields
+carry the id of the request being served (`extractor.web.requests.request_id_var`) and the
+process id (several `headhub api --workers` processes write to one stream); fields
 passed as `extra={"fields": {...}}` are merged into the line.
 """
 
@@ -21,7 +22,7 @@ def _request_id(record: logging.LogRecord) -> str | None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line with time, level, logger, message, service and request id."""
+    """One JSON object per line: time, level, logger, message, service, pid and request id."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -35,6 +36,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
             "service": self.service,
+            "pid": record.process,
         }
         rid = _request_id(record)
         if rid:

@@ -33,6 +33,9 @@ def up(
     ),
     extractor_port: Annotated[int | None, typer.Option(help="default: port + 1")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="extractor checkpoint")] = None,
+    api_workers: Annotated[
+        int, typer.Option(min=1, max=64, help="API processes (headhub api --workers)")
+    ] = 1,
 ) -> None:
     """Everything on one machine: migrate, then extractor + API + worker, until Ctrl-C."""
     from service.commands.up import UpConfig, run_up
@@ -44,6 +47,7 @@ def up(
             data_dir=data_dir,
             extractor_port=extractor_port,
             checkpoint=checkpoint,
+            api_workers=api_workers,
         )
     )
     raise typer.Exit(code)
@@ -53,24 +57,49 @@ def up(
 def api(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="API processes on this port (uvicorn workers); they share rate limits and "
+            "see each other's cache invalidations at once",
+        ),
+    ] = 1,
 ) -> None:
     """The HTTP API alone (uvicorn). SIGTERM lets in-flight requests finish, then exits."""
+    import os
+    import tempfile
+
     import uvicorn
 
     from service.app import create_app
+    from service.http.workers import ENV as WORKERS_DIR
     from service.settings import get_settings
 
     settings = get_settings()
     configure_logging("api", level=settings.log_level, fmt=settings.log_format)
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_config=None,  # keep our JSON logging
-        access_log=False,  # the observability middleware logs each request with its id
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
-        proxy_headers=True,
-    )
+    common = {
+        "host": host,
+        "port": port,
+        "log_config": None,  # keep our JSON logging
+        "access_log": False,  # the observability middleware logs each request with its id
+        "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
+        "proxy_headers": True,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        return
+    # Several processes on one socket: the rate-limit buckets and the cache-invalidation counter
+    # they share live in a private directory made here (service/http/workers.py).
+    with tempfile.TemporaryDirectory(prefix="headhub-api-") as shared:
+        os.environ[WORKERS_DIR] = shared
+        uvicorn.run(
+            "service.app:create_app_from_environment",
+            factory=True,
+            workers=workers,
+            **common,  # type: ignore[arg-type]
+        )
 
 
 @app.command(rich_help_panel=SERVER)

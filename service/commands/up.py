@@ -40,6 +40,7 @@ class UpConfig:
     extractor_port: int | None = None
     checkpoint: Path | None = None
     stop_grace_s: float = 30.0
+    api_workers: int = 1
 
     @property
     def api_url(self) -> str:
@@ -193,14 +194,25 @@ class Supervisor:
         self.stop_all()
 
 
-def child_argv(config: UpConfig, extractor_port: int) -> list[Child]:
+EXTRACTOR_SOCKET = "extractor.sock"  # under the data directory: the API's and worker's hop
+
+
+def child_argv(
+    config: UpConfig, extractor_port: int, extractor_socket: Path | None = None
+) -> list[Child]:
     py = [sys.executable, "-m", "service.commands.cli"]
     extractor = [*py, "extractor", "serve", "--port", str(extractor_port)]
+    if extractor_socket is not None:
+        extractor += ["--uds", str(extractor_socket)]
     if config.checkpoint is not None:
         extractor += ["--checkpoint", str(config.checkpoint)]
     return [
         Child("extractor", extractor),
-        Child("api", [*py, "api", "--host", config.host, "--port", str(config.port)]),
+        Child(
+            "api",
+            [*py, "api", "--host", config.host, "--port", str(config.port)]
+            + (["--workers", str(config.api_workers)] if config.api_workers > 1 else []),
+        ),
         Child("worker", [*py, "worker"]),
     ]
 
@@ -215,9 +227,15 @@ def run_up(config: UpConfig) -> int:
     configure_logging("up", level=os.environ.get("HEADHUB_LOG_LEVEL", "INFO"), fmt="text")
     admin_key, created = ensure_admin_key(data_dir)
     extractor_port = config.extractor_port or config.port + 1
+    # The API and the worker reach the extractor on this host through a Unix socket (no TCP
+    # stack on the hop; bench/results/profile.md); its TCP port stays open for probes, metrics
+    # and anything else. A path too long for a socket address falls back to TCP.
+    socket_path = data_dir / EXTRACTOR_SOCKET
+    use_socket = len(str(socket_path).encode()) < 100
+    extractor_url = f"unix:{socket_path}" if use_socket else f"http://127.0.0.1:{extractor_port}"
     env = dict(os.environ) | {
         "HEADHUB_ADMIN_KEY": admin_key,
-        "HEADHUB_EXTRACTOR_URLS": f"http://127.0.0.1:{extractor_port}",
+        "HEADHUB_EXTRACTOR_URLS": extractor_url,
         "PYTHONUNBUFFERED": "1",
     }
     from service.db import migrate
@@ -259,7 +277,7 @@ def run_up(config: UpConfig) -> int:
         print("Ctrl-C stops everything.\n", flush=True)
 
     sup = Supervisor(
-        child_argv(config, extractor_port),
+        child_argv(config, extractor_port, socket_path if use_socket else None),
         env,
         f"{config.api_url}/readyz",
         stop_grace_s=config.stop_grace_s,

@@ -41,6 +41,7 @@ from sqlalchemy import event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:
+    from service.http.workers import SharedCounter
     from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,14 @@ _PUBLISH_KEY = "headhub_publish"  # in Session.info: a callable publishing to Re
 class LookupCache:
     """Thread-safe TTL cache with a generation counter; see the module docstring."""
 
-    def __init__(self, *, ttl_s: float, notified_ttl_s: float, notified: bool) -> None:
+    def __init__(
+        self,
+        *,
+        ttl_s: float,
+        notified_ttl_s: float,
+        notified: bool,
+        siblings: SharedCounter | None = None,
+    ) -> None:
         self.ttl_s = ttl_s
         self.notified_ttl_s = notified_ttl_s
         self.notified = notified  # a listener is configured
@@ -64,7 +72,22 @@ class LookupCache:
         self._generation = 0
         self._lock = threading.Lock()
         self.invalidations = 0
+        # The host's other API workers (`headhub api --workers N`, service/http/workers.py):
+        # a counter each bumps after a change; a moved counter clears this cache.
+        self.siblings = siblings
+        self._siblings_seen = siblings.value() if siblings is not None else 0
         _LOCAL_CACHES.add(self)
+
+    def _sync_siblings(self) -> None:
+        if self.siblings is None:
+            return
+        seen = self.siblings.value()
+        if seen != self._siblings_seen:
+            with self._lock:
+                self._siblings_seen = seen
+                self._generation += 1
+                self._items.clear()
+                self.invalidations += 1
 
     def _lifetime(self) -> float:
         if not self.notified:
@@ -73,11 +96,13 @@ class LookupCache:
 
     def token(self) -> int:
         """Take before reading the database; hand to `put`."""
+        self._sync_siblings()
         return self._generation
 
     def get(self, key: Hashable) -> Any:
         if self._lifetime() <= 0:
             return None
+        self._sync_siblings()
         now = time.monotonic()
         with self._lock:
             found = self._items.get(key)
@@ -92,6 +117,7 @@ class LookupCache:
         lifetime = self._lifetime()
         if lifetime <= 0:
             return
+        self._sync_siblings()
         with self._lock:
             if token != self._generation:  # invalidated while the caller read the database
                 return
@@ -99,11 +125,18 @@ class LookupCache:
                 self._items.clear()
             self._items[key] = (time.monotonic() + lifetime, value)
 
-    def invalidate(self) -> None:
+    def invalidate(self, *, siblings: bool = False) -> None:
+        """Drop every entry; `siblings`: this process committed the change, so the host's other
+        API workers drop theirs too."""
         with self._lock:
             self._generation += 1
             self._items.clear()
             self.invalidations += 1
+        if siblings and self.siblings is not None:
+            value = self.siblings.increment()
+            with self._lock:
+                if value == self._siblings_seen + 1:  # only ours: nothing else to drop
+                    self._siblings_seen = value
 
     def __len__(self) -> int:
         return len(self._items)
@@ -118,8 +151,9 @@ def cache_of(session: Session) -> LookupCache | None:
 
 
 def invalidate_local() -> None:
+    """After a commit in this process: its caches, and its sibling workers' on this host."""
     for cache in list(_LOCAL_CACHES):
-        cache.invalidate()
+        cache.invalidate(siblings=True)
 
 
 # --- what counts as a change -----------------------------------------------------------------

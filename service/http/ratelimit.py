@@ -5,6 +5,8 @@ authentications per address; 429 problem+json with a `code` and `Retry-After`
 Where the buckets live:
 - `MemoryBuckets` (the default): in the API process. With N API processes a client may get up to
   N times each configured rate.
+- `SharedBuckets` (`headhub api --workers N` without Redis; service/http/workers.py): in a file
+  the host's workers map, so the N workers of one host allow each rate once.
 - `RedisBuckets` (`HEADHUB_REDIS_URL` set): in Redis, shared by every API process on every host.
   One Lua script refills and takes from all the buckets of a check atomically, on Redis's clock
   (`TIME`), so hosts with skewed clocks agree and two processes never both spend the last token.
@@ -340,9 +342,16 @@ def make_rate_limits(settings: Settings) -> RateLimits | None:
     }
     if all(r is None for r in rules.values()):
         return None
-    buckets: Buckets = (
-        RedisBuckets(s.redis_url, prefix=f"{s.redis_prefix}rl:") if s.redis_url else MemoryBuckets()
-    )
+    from service.http.workers import SharedBuckets, shared_dir
+
+    workers_dir = shared_dir()  # one of `headhub api --workers N`: one set of buckets per host
+    buckets: Buckets
+    if s.redis_url:
+        buckets = RedisBuckets(s.redis_url, prefix=f"{s.redis_prefix}rl:")
+    elif workers_dir is not None:
+        buckets = SharedBuckets(workers_dir / "ratelimit")
+    else:
+        buckets = MemoryBuckets()
     return RateLimits(buckets, **rules)
 
 
