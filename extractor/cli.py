@@ -5,9 +5,11 @@ serve; checkpoints: inspect, restamp, repool, random-init; distillation: targets
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -72,7 +74,15 @@ def serve(
         False, "--reference", help="serve the float PyTorch reference path, not fast kernels"
     ),
     max_batch: int = typer.Option(32, help="largest dynamic batch"),
-    max_wait_ms: float = typer.Option(5.0, help="longest wait for a batch to fill"),
+    max_wait_ms: float = typer.Option(
+        5.0, help="longest wait for images on their way to join a batch"
+    ),
+    fill_batches: bool = typer.Option(
+        False,
+        "--fill-batches",
+        help="wait --max-wait-ms for a batch to fill even when no more images are on their way "
+        "(larger batches from many single-image clients, at the cost of latency)",
+    ),
     queue_size: int = typer.Option(256, help="queued images before answering 503"),
     threads: int | None = typer.Option(
         None, help="torch intra-op threads (default: torch's, one per physical core)"
@@ -83,6 +93,11 @@ def serve(
         help="more checkpoints, each named <id>.safetensors, served beside the default "
         "(`headhub up` passes extractors/ under its data directory)",
     ),
+    uds: Path | None = typer.Option(
+        None,
+        help="also serve on this Unix socket (clients on the same host: unix:PATH in "
+        "HEADHUB_EXTRACTOR_URLS; `headhub up` does this)",
+    ),
 ) -> None:
     """Serve features over HTTP: load the networks once, frozen, and batch requests dynamically.
 
@@ -90,8 +105,6 @@ def serve(
     of the directory is served too (`POST /v1/features?extractor=<id>`), each with its own
     micro-batcher, and one copied in later is loaded on its first request.
     """
-    import contextlib
-
     import torch
     import uvicorn
 
@@ -110,12 +123,40 @@ def serve(
             reference=reference,
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
+            fill_batches=fill_batches,
             queue_size=queue_size,
             threads=threads,
             checkpoint_dir=checkpoint_dir,
         )
     # log_config=None: uvicorn's loggers write through the JSON handler like every other logger
-    uvicorn.run(app_, host=host, port=port, log_config=None, access_log=False)
+    config = uvicorn.Config(app_, host=host, port=port, log_config=None, access_log=False)
+    sockets = [config.bind_socket()]
+    if uds is not None:
+        sockets.append(_unix_socket(uds))
+    try:
+        uvicorn.Server(config).run(sockets=sockets)
+    finally:
+        if uds is not None:
+            with contextlib.suppress(OSError):
+                uds.unlink()
+
+
+def _unix_socket(path: Path) -> Any:
+    """A listening-ready Unix socket at `path` (a stale file from a killed process is replaced),
+    readable and writable by this user only."""
+    import os
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    return sock
 
 
 @app.command()

@@ -86,6 +86,7 @@ def create_app(
     *,
     max_batch: int = 32,
     max_wait_ms: float = 5.0,
+    fill_batches: bool = False,
     queue_size: int = 256,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_body: int = 64 * 1024 * 1024,
@@ -97,6 +98,7 @@ def create_app(
 ) -> FastAPI:
     """Load the extractors once (frozen) and build the app; inference threads run in lifespan.
 
+    `fill_batches`: batches always wait `max_wait_ms` to fill (`extractor.batcher`).
     `checkpoint` is the default network (the one `/v1/info` and an unqualified
     `/v1/features` use); `checkpoint_dir` holds more, as `<id>.safetensors` (`extractor.catalog`).
     """
@@ -118,7 +120,8 @@ def create_app(
             max_wait_ms=max_wait_ms,
             queue_size=queue_size,
             on_batch=metrics.observe_batch,
-            eager=True,  # wait for images on their way only, never for ones that may not come
+            # by default wait for images on their way only, never for ones that may not come
+            eager=not fill_batches,
             on_depth=lambda _depth: metrics.queue_depth.set(
                 sum(s.batcher.depth for s in catalog.all())
             ),

@@ -93,6 +93,7 @@ def slow_extractor(
         "64",
         "--max-wait-ms",
         str(SLOW_BATCH_MS),
+        "--fill-batches",
     )
     yield ext
     ext.stop()
