@@ -216,7 +216,11 @@ def get_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | 
 
 
 def count_active(session: Session, tenant_id: str) -> int:
-    stmt = select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+    """The tenant's queued and running jobs, against its cap. Moves an operator queued for every
+    head of an extractor (`bulk_move_id`) are not the tenant's doing and never block its own."""
+    stmt = select(func.count()).where(
+        Job.tenant_id == tenant_id, Job.status.in_(ACTIVE), Job.bulk_move_id.is_(None)
+    )
     return int(session.scalar(stmt) or 0)
 
 

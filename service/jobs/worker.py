@@ -71,11 +71,11 @@ class Worker:
         self.settings = settings
         self.concurrency = max(1, concurrency)
         self.factory = session_factory or make_sessionmaker(make_engine(settings.database_url))
-        self.extractor = extractor
-        self.blobs = blobs or make_blob_store(settings)
         # A version registered here reaches the API processes' lookup caches (Redis publishing;
         # on PostgreSQL every process NOTIFYs): service/http/invalidation.py.
         bind_sessionmaker(self.factory, settings)
+        self.extractor = extractor
+        self.blobs = blobs or make_blob_store(settings)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()  # no new claims
         self.handback = threading.Event()  # running jobs give their lease back now
@@ -201,7 +201,6 @@ class Worker:
             from service.jobs.moving import run_move
 
             return run_move(self.factory, self._extractor(), self.blobs, job, hb)
-
         with session_scope(self.factory) as session:
             if repo.get_dataset(session, job.dataset_id) is None:
                 raise PermanentJobError(

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from extractor.client import ExtractorClient
 from service.datasets.tables import Feature
 from service.db import make_engine, make_sessionmaker, session_scope
+from service.jobs import repository as jobs_repo
 from service.jobs.tables import Job
 from service.jobs.worker import Worker
 from tests.conftest import ADMIN_HEADERS, TenantCreds, create_tenant, make_settings
@@ -412,6 +413,12 @@ def test_bulk_move_is_fair_across_tenants_reports_progress_and_fails_a_head_with
         f"/v1/extractors/{s.bad_id}/moves", json={"to": s.tiny_id}, headers=a.owner_headers
     )
     assert r.status_code == 403
+    factory = make_sessionmaker(make_engine(settings.database_url))
+    with session_scope(factory) as session:  # the operator's moves do not count against caps
+        queued = session.scalar(
+            select(func.count()).where(Job.tenant_id == a.id, Job.status == "queued")
+        )
+        assert queued == 2 and jobs_repo.count_active(session, a.id) == 0
     claimed = drain(worker)
     progress = client.get(f"/v1/extractors/{s.bad_id}", headers=ADMIN_HEADERS).json()["bulk_move"]
     assert (progress["total"], progress["moved"], progress["failed"], progress["left"]) == (
@@ -423,7 +430,6 @@ def test_bulk_move_is_fair_across_tenants_reports_progress_and_fails_a_head_with
     [failure] = progress["failures"]
     assert failure["head"] == f"{b.name}/bgone" and "no longer exists" in failure["error"]
     # tenants take turns: the claim order alternates while both have jobs queued
-    factory = make_sessionmaker(make_engine(settings.database_url))
     with session_scope(factory) as session:
         owners = [session.get(Job, j).tenant_id for j in claimed]  # type: ignore[union-attr]
     assert owners[:4] in ([a.id, b.id, a.id, b.id], [b.id, a.id, b.id, a.id])
