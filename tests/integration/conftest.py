@@ -45,6 +45,7 @@ class Peer:
     spare_key_id: str
     image_sha256: str
     key_ids: list[str] = field(default_factory=list)
+    extractor_id: str = ""  # its head's extractor (shared by every tenant, not a secret)
 
     @property
     def name(self) -> str:
@@ -112,7 +113,8 @@ def make_peer(client: TestClient, app: Any, prefix: str, seed: int) -> Peer:
         "/v1/jobs", json={"dataset_id": ds, "head": head, "head_type": "float"}, headers=h
     )
     assert job.status_code == 202, job.text
-    add_version(app, creds.id, head, labels=list(LABELS), seed=seed, extractor_id=extractor_id(app))
+    extractor = extractor_id(app)
+    add_version(app, creds.id, head, labels=list(LABELS), seed=seed, extractor_id=extractor)
     r = client.put(
         f"/v1/heads/{creds.name}/{head}/aliases/production", json={"version": 1}, headers=h
     )
@@ -122,7 +124,9 @@ def make_peer(client: TestClient, app: Any, prefix: str, seed: int) -> Peer:
     )
     assert spare.status_code == 201, spare.text
     keys = [key_id(creds.owner_key), key_id(creds.predict_key), spare.json()["id"]]
-    return Peer(creds, ds, ds_name, head, job.json()["id"], spare.json()["id"], shas[0], keys)
+    return Peer(
+        creds, ds, ds_name, head, job.json()["id"], spare.json()["id"], shas[0], keys, extractor
+    )
 
 
 @pytest.fixture(scope="module")

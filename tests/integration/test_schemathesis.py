@@ -109,6 +109,7 @@ def path_ids(peer: Peer) -> dict[str, Any]:
         "alias": "production",
         "key_id": peer.spare_key_id,
         "sha256": peer.image_sha256,
+        "extractor_id": peer.extractor_id,
     }
 
 
