@@ -105,9 +105,7 @@ def test_large_blobs_are_not_held_twice(moto_server: MotoServer, bucket: str) ->
     assert open_peak < size / 2, f"streaming allocated {open_peak} bytes"
 
 
-def test_multipart_stream_and_gc_aborts_stale_uploads(
-    moto_server: MotoServer, bucket: str
-) -> None:
+def test_multipart_stream_and_gc_aborts_stale_uploads(moto_server: MotoServer, bucket: str) -> None:
     from boto3.s3.transfer import TransferConfig
 
     store = _store(moto_server, bucket, "mp")
