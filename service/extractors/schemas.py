@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.text import SafeText
+
 EXTRACTOR_ID_PATTERN = r"^[0-9a-f]{64}$"
 ExtractorStatusName = Literal["active", "deprecated", "retired"]
 
@@ -88,7 +90,7 @@ class ExtractorCreate(BaseModel):
         json_schema_extra={"examples": [{"id": EXAMPLE_ID, "note": "round 2 distillation"}]},
     )
     id: str = Field(pattern=EXTRACTOR_ID_PATTERN, description="SHA-256 of the checkpoint file.")
-    note: str = Field(default="", max_length=2000, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
+    note: SafeText = Field(default="", max_length=2000)
 
 
 class ExtractorUpdate(BaseModel):
@@ -109,7 +111,7 @@ class ExtractorUpdate(BaseModel):
     sunset: datetime | None = Field(
         default=None, description="With `deprecated`: the date it is to be retired (RFC 3339)."
     )
-    note: str | None = Field(default=None, max_length=2000, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
+    note: SafeText | None = Field(default=None, max_length=2000)
 
 
 class BulkMoveCreate(BaseModel):

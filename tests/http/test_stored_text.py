@@ -44,6 +44,11 @@ def test_descriptions_and_names_with_control_characters_are_refused(
     assert r.status_code == 422 and r.json()["code"] == "control_characters", r.text
     head = client.get(f"/v1/heads/{t.name}/flowers", headers=t.owner_headers).json()
     assert head["visibility"] == "private" and head["description"] == ""
+    # an extractor's note is shown to every tenant (GET /v1/extractors)
+    r = client.post("/v1/extractors", json={"id": "e" * 64, "note": evil}, headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and r.json()["code"] == "control_characters", r.text
+    r = client.patch(f"/v1/extractors/{'e' * 64}", json={"note": evil}, headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and r.json()["code"] == "control_characters", r.text
 
 
 def test_descriptions_keep_line_breaks_and_any_script(client: TestClient, make_tenant) -> None:
