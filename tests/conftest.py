@@ -40,6 +40,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         drop_pg_template()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_listener_outlives_its_module() -> Iterator[None]:
+    """Every app a module started has stopped its cache-invalidation listener by the module's
+    end: a leaked one keeps a database connection (and reconnects to a dropped test database)."""
+    import threading
+
+    def listeners() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("headhub-invalidation")}
+
+    before = listeners()
+    yield
+    leaked = listeners() - before
+    assert not leaked, f"an app's lifespan never ended: {sorted(t.name for t in leaked)}"
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Every test runs torch on one intra-op thread, as `headhub worker` trains a job: on a

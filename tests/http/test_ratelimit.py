@@ -193,10 +193,9 @@ def test_address_limit_applies_before_authentication(
         rate_limit_address_burst=3,
     )
     app = create_app(settings)
-    with (
-        TestClient(app, raise_server_exceptions=False, client=("192.0.2.10", 1000)) as one,
-        TestClient(app, raise_server_exceptions=False, client=("192.0.2.11", 1000)) as other,
-    ):
+    # One lifespan per app: the second address's client shares it without entering another.
+    other = TestClient(app, raise_server_exceptions=False, client=("192.0.2.11", 1000))
+    with TestClient(app, raise_server_exceptions=False, client=("192.0.2.10", 1000)) as one:
         assert one.get("/v1/heads").status_code == 401  # anonymous requests count too
         assert one.get("/v1/heads", headers=a.owner_headers).status_code == 200
         assert one.get("/v1/heads", headers=a.owner_headers).status_code == 200
@@ -221,10 +220,8 @@ def test_failed_authentications_are_limited_per_address(
     )
     app = create_app(settings)
     wrong = {"Authorization": f"Bearer hh_{'0' * 16}_{'x' * 43}"}
-    with (
-        TestClient(app, raise_server_exceptions=False, client=("192.0.2.20", 1000)) as attacker,
-        TestClient(app, raise_server_exceptions=False, client=("192.0.2.21", 1000)) as other,
-    ):
+    other = TestClient(app, raise_server_exceptions=False, client=("192.0.2.21", 1000))
+    with TestClient(app, raise_server_exceptions=False, client=("192.0.2.20", 1000)) as attacker:
         for _ in range(5):  # successes cost nothing of the failure budget
             assert attacker.get("/v1/heads", headers=a.owner_headers).status_code == 200
         assert attacker.get("/v1/heads", headers=wrong).status_code == 401
