@@ -231,7 +231,8 @@ def _alive(pid: int) -> bool:
 def test_up_serves_an_installed_checkpoint_and_the_cli_moves_a_head_to_it(
     up: Up, tmp_path: Path
 ) -> None:
-    """The operator's upgrade path: install, register, move with --promote, list (issue 18)."""
+    """The operator's upgrade path: install, register, move with --promote, list (README,
+    "Upgrading the extractor")."""
     from tests.fixtures.extractor import make_tiny_checkpoint
 
     admin = (up.data_dir / "admin_key").read_text().strip()

@@ -1,4 +1,5 @@
-"""Several extractors side by side, end to end on SQLite and PostgreSQL (issue 18).
+"""Several extractors side by side, end to end on SQLite and PostgreSQL (docs/architecture.md,
+"Extractor lifecycle").
 
 One real extractor process serves the shipped default and a tiny second network (and a degenerate
 third); the API and a worker use it over HTTP. Heads are trained on each, predicted together in one
