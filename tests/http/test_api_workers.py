@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,32 +24,15 @@ from service.http.workers import SharedBuckets, SharedCounter
 from tests.conftest import ADMIN_HEADERS, create_tenant, make_settings
 from tests.fixtures.processes import free_port, settings_env, start_headhub
 from tests.heads.helpers import add_version
+from tests.http.test_ratelimit import race_for_ten_tokens
 
 EXTRACTOR = "e" * 64
 FEATURES = [[0.1 * i for i in range(20)]]
 
 
 def test_shared_buckets_are_one_bucket_for_every_worker(tmp_path: Path) -> None:
-    """Two mappings of one file: 10 tokens, 40 racing threads, 10 served."""
-    first, second = SharedBuckets(tmp_path / "rl"), SharedBuckets(tmp_path / "rl")
-    rule = Rule.make("key", 60, 10, "rate_limited", "key")
-    assert rule is not None
-    results: list[bool] = []
-    lock = threading.Lock()
-
-    def hit(buckets: SharedBuckets) -> None:
-        ok = buckets.take([Take("{t}:key:k", rule)]) is None
-        with lock:
-            results.append(ok)
-
-    threads = [threading.Thread(target=hit, args=(b,)) for b in [first, second] * 20]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results.count(True) == 10 and len(results) == 40
-    refusal = second.take([Take("{t}:key:k", rule)])
-    assert refusal is not None and 0 < refusal.wait_s <= 1.5  # one token a second
+    """Two mappings of one file stand for two workers."""
+    race_for_ten_tokens(SharedBuckets(tmp_path / "rl"), SharedBuckets(tmp_path / "rl"))
 
 
 def _take_in_process(path: str, n: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
