@@ -282,6 +282,14 @@ def test_client_over_a_unix_socket(loaded, tmp_path) -> None:
                 return await c.features(IMAGES[:2])
 
         assert np.array_equal(asyncio.run(async_call()).bits, bits)  # type: ignore[attr-defined]
+
+        # a 32-image body leaves in one write, not one per default-sized send buffer
+        from extractor.client import UNIX_SOCKET_OPTIONS
+
+        c = ExtractorClient(f"unix:{sock}")
+        for client in (c._async_client(f"unix:{sock}"), c._sync_client(f"unix:{sock}")):
+            assert client._transport._pool._socket_options == UNIX_SOCKET_OPTIONS  # type: ignore[attr-defined]
+        assert c._async_client("http://127.0.0.1:1")._transport._pool._socket_options is None  # type: ignore[attr-defined]
     finally:
         server.should_exit = True
         thread.join(10)
