@@ -1,33 +1,52 @@
-"""Load benchmark: predictions at rising concurrency while a training job runs.
+"""Load benchmark: issue 19's ratios in one run, then predictions at rising concurrency while a
+training job runs.
 
     python -m bench.load                       # starts its own `headhub up` in a temp dir
+    python -m bench.load --quick               # a smoke run (about a minute)
     python -m bench.load --url http://host:8000 --key $HEADHUB_ADMIN_KEY \
         --extractor-url http://host:8001       # against a running service
 
-Writes bench/results/load.md (the command, the machine, one row per concurrency level).
+With an extractor URL (always with its own `headhub up`) it first measures, in interleaved
+rounds on the same photos: the extractor package's in-process forward + decode, the extractor
+process alone over HTTP, the API with 1 and 8 heads, 32-image requests, 8 concurrent clients, and
+the peer (`bench/load/peer.py`, FastAPI + onnxruntime serving the float teacher), and checks the
+ratios of `bench/load/ratios.py`. Writes bench/results/load.md (the command, the machine, the
+ratio table with PASS/FAIL, one row per concurrency level).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from bench.load.generator import LevelResult, batch_totals, run_level
+from bench.load.generator import (
+    LevelResult,
+    Send,
+    batch_totals,
+    closed_loop,
+    multipart_sender,
+    run_level,
+)
+from bench.load.ratios import cpu_facts, measures_table, ratio_table, ratios
 from bench.load.scenario import COLOURS, Scenario, synthetic_png
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "load.md"
@@ -47,34 +66,46 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free pair of ports")
 
 
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float, log: Path) -> None:
+    """Until `url` answers 200; RuntimeError with the log if `proc` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args!r} did not become ready:\n" + log.read_text())
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+
+
 @contextmanager
-def headhub_up(timeout: float = 180) -> Iterator[tuple[str, str, str]]:
-    """A private `headhub up` (rate limit off: we measure serving, not the limiter)."""
+def headhub_up(timeout: float = 180, code: Path | None = None) -> Iterator[tuple[str, str, str]]:
+    """A private `headhub up` (rate limit off: we measure serving, not the limiter); `code`: a
+    checkout (e.g. a `git worktree` of an older commit) whose packages it runs instead."""
     with tempfile.TemporaryDirectory(prefix="headhub-load-") as tmp:
         port = _free_port_pair()
-        env = os.environ | {"HEADHUB_RATE_LIMIT_PER_MINUTE": "0", "HEADHUB_LOG_LEVEL": "WARNING"}
+        env = os.environ | {
+            "HEADHUB_RATE_LIMIT_PER_MINUTE": "0",  # per key, tenant and address: all off
+            "HEADHUB_RATE_LIMIT_TENANT_PER_MINUTE": "0",
+            "HEADHUB_RATE_LIMIT_ADDRESS_PER_MINUTE": "0",
+            "HEADHUB_LOG_LEVEL": "WARNING",
+        }
         env.pop("HEADHUB_ADMIN_KEY", None)
+        if code is not None:  # `-m` puts the working directory first on sys.path: run there
+            env["PYTHONPATH"] = str(code)
         log = open(Path(tmp) / "up.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
             [*HEADHUB, "up", "--port", str(port), "--data-dir", tmp],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=code,
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "headhub up did not become ready:\n" + (Path(tmp) / "up.log").read_text()
-                    )
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+            _wait_ready(proc, f"{url}/readyz", timeout, Path(tmp) / "up.log")
             key = (Path(tmp) / "admin_key").read_text().strip()
             yield url, key, f"http://127.0.0.1:{port + 1}"
         finally:
@@ -90,14 +121,232 @@ def _fmt_ms(s: float) -> str:
     return "-" if s != s else f"{1000 * s:.0f}"  # NaN-safe
 
 
-def report(rows: list[LevelResult], meta: dict[str, str]) -> str:
+def photos() -> list[tuple[str, bytes]]:
+    """The images every measurement sends: scikit-image's photos (300-640 px) as JPEG, the same
+    bytes for headhub, its extractor, the in-process path and the peer."""
+    import io
+
+    from PIL import Image
+
+    try:
+        from skimage import data
+    except ImportError:  # pragma: no cover - scikit-image is a dev dependency
+        return [
+            (f"s{i}.png", synthetic_png(c, 70_000 + i, 256)) for i, c in enumerate(COLOURS.values())
+        ]
+    out = []
+    for name in (
+        "astronaut",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "hubble_deep_field",
+        "immunohistochemistry",
+    ):
+        buf = io.BytesIO()
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(buf, "JPEG", quality=90)
+        out.append((f"{name}.jpg", buf.getvalue()))
+    return out
+
+
+@contextmanager
+def peer_server(tmp: Path) -> Iterator[str]:
+    """bench/load/peer.py in its own uvicorn process: the teacher exported to ONNX now."""
+    model = tmp / "peer.onnx"  # exported in a child, so torch.onnx leaves this process as it was
+    subprocess.run(
+        [sys.executable, "-m", "bench.load.peer", "export", str(model)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    port = _free_port_pair()
+    log = open(tmp / "peer.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.load.peer", "serve", str(model), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(proc, f"{url}/healthz", 120, tmp / "peer.log")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+class InProcess:
+    """The extractor package's own path for one image: decode + preprocess + forward."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+        from extractor.inference import keep_freed_memory, select_path
+
+        # as `headhub extractor serve` sets itself up: glibc keeps activation buffers, one
+        # inter-op thread, torch's default intra-op threads
+        keep_freed_memory()
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_interop_threads(1)
+        self.torch = torch
+        self.default_threads = torch.get_num_threads()
+        self.loaded = load_checkpoint(DEFAULT_CHECKPOINT)
+        self.path = select_path(self.loaded)
+
+    def latencies(
+        self, images: list[tuple[str, bytes]], n: int, threads: int | None = None
+    ) -> list[float]:
+        """`n` timings (after two warm-ups) with `threads` intra-op threads (None: torch's)."""
+        from extractor.imaging import load_tensor
+
+        out = []
+        self.torch.set_num_threads(threads or self.default_threads)
+        with self.torch.inference_mode():
+            for i in range(n + 2):
+                name, data = images[i % len(images)]
+                start = time.perf_counter()
+                x = load_tensor(data, name, self.loaded.pretrained_cfg)[None]
+                self.path.forward(x)
+                if i >= 2:  # two warm-up passes
+                    out.append(time.perf_counter() - start)
+        return out
+
+
+def _p(xs: list[float], q: float) -> float:
+    from bench.load.generator import LevelResult
+
+    r = LevelResult(1, 1.0, list(xs))
+    return r.percentile(q)
+
+
+def measure_ratios(
+    url: str,
+    owner_key: str,
+    extractor_url: str,
+    peer_url: str,
+    refs: list[str],
+    images: list[tuple[str, bytes]],
+    *,
+    rounds: int,
+    n: int,
+    n32: int,
+    c8_seconds: float,
+    log: Any = print,
+) -> dict[str, float]:
+    """Every "What must hold" number but the training one, in `rounds` interleaved rounds (each
+    target in turn, so a neighbour's load on the shared host hits all alike)."""
+    from extractor.wire import IMAGES_CONTENT_TYPE, encode_images
+
+    auth = {"Authorization": f"Bearer {owner_key}"}
+
+    def framed(k: int) -> Send:
+        def send(http: httpx.AsyncClient, rng: Any) -> Any:
+            body = encode_images([rng.choice(images) for _ in range(k)])
+            return http.post(
+                "/v1/features", content=body, headers={"content-type": IMAGES_CONTENT_TYPE}
+            )
+
+        return send
+
+    one = {"heads": refs[0], "top_k": "3"}
+    eight = {"heads": ",".join(refs[:8]), "top_k": "3"}
+    targets: dict[str, tuple[str, Send, dict[str, str]]] = {
+        "ext": (extractor_url, framed(1), {}),
+        "api": (url, multipart_sender("/v1/predict", images, one), auth),
+        "api8": (url, multipart_sender("/v1/predict", images, eight), auth),
+        "peer": (peer_url, multipart_sender("/predict", images, {"top_k": "3"}), {}),
+    }
+    big = {
+        "ext32": (extractor_url, framed(32), {}),
+        "api32": (url, multipart_sender("/v1/predict", images, one, n=32), auth),
+    }
+    conc = ("ext", "api", "peer")
+    inproc = InProcess()
+    lat: dict[str, list[float]] = {k: [] for k in ["inproc_default", "inproc_1t", *targets]}
+    ips: dict[str, list[float]] = {k: [] for k in big}
+    c8: dict[str, list[LevelResult]] = {k: [] for k in conc}
+    errors: Counter[str] = Counter()
+
+    def loop(base: str, send: Send, hdr: dict[str, str], c: int, secs: float, req: Any) -> Any:
+        r = asyncio.run(closed_loop(base, send, c, secs, requests=req, headers=hdr, warmup=2))
+        errors.update({k: v for k, v in r.statuses.items() if k != "200"})
+        return r
+
+    for i in range(rounds):
+        # torch's default threads (the extractor process's setting) and one thread: on a shared
+        # 2-core host one is often faster for one image; the faster is the in-process reference
+        lat["inproc_default"] += inproc.latencies(images, n)
+        lat["inproc_1t"] += inproc.latencies(images, n, threads=1)
+        for k, (base, send, hdr) in targets.items():
+            lat[k] += loop(base, send, hdr, 1, 600, n).latencies
+        for k, (base, send, hdr) in big.items():
+            r = loop(base, send, hdr, 1, 600, n32)
+            ips[k].append(32 * r.ok / sum(r.latencies))
+        for k in conc:
+            base, send, hdr = targets[k]
+            c8[k].append(loop(base, send, hdr, 8, c8_seconds, None))
+        log(
+            f"round {i + 1}/{rounds}: "
+            + ", ".join(f"{k} p50 {1000 * _p(v, 50):.1f} ms" for k, v in lat.items())
+        )
+    if errors:
+        raise RuntimeError(f"errors while measuring the ratios: {dict(errors)}")
+    m = {f"{k}_p50": _p(v, 50) for k, v in lat.items()}
+    m["inproc_p50"] = min(m["inproc_default_p50"], m["inproc_1t_p50"])
+    m["inproc_threads"] = float(inproc.default_threads)
+    m["ext32_ips"] = statistics.median(ips["ext32"])
+    m["api32_ips"] = statistics.median(ips["api32"])
+    for k, levels in c8.items():
+        all_lat = [x for r in levels for x in r.latencies]
+        m[f"{k}_c8_rps"] = sum(r.ok for r in levels) / sum(r.seconds for r in levels)
+        m[f"{k}_c8_p50"] = _p(all_lat, 50)
+        m[f"{k}_c8_p95"] = _p(all_lat, 95)
+    return m
+
+
+def report(rows: list[LevelResult], meta: dict[str, str], m: dict[str, float] | None = None) -> str:
+    model, isa = cpu_facts()
     lines = [
-        "# Load: predictions while a training job runs",
+        "# Load: the service path against the extractor, the in-process network and a peer",
         "",
         f"Command: `{meta['command']}`",
         "",
-        f"Measured {meta['when']} on {meta['machine']}; load average (1/5/15 min) at the end",
-        f"{meta['load']}. The load generator, API, extractor and worker share that machine.",
+        f"Measured {meta['when']} on {model} ({isa}), {os.cpu_count()} CPU cores, Python "
+        f"{platform.python_version()}; load average (1/5/15 min) {meta['load_start']} at the "
+        f"start and {meta['load']} at the end (the host is shared: {meta['neighbours']}). The "
+        "load generator, the API, the extractor, the worker and the peer share those cores; "
+        f"the run took {meta['took']}.",
+        "",
+    ]
+    if m is not None:
+        lines += [
+            "## Issue 19's ratios, measured in this one run",
+            "",
+            "Sequential latencies are the median over "
+            f"{meta['rounds']} interleaved rounds (each target in turn, so the neighbours' load "
+            "falls on all alike); every request is one of the same scikit-image photos "
+            "(JPEG, 300-640 px). headhub's API gets multipart `files` from the client and calls "
+            "its extractor over a Unix socket (`headhub up`); the extractor alone is called over "
+            "TCP with the framed images body the API itself sends (`application/x-headhub-images`)."
+            " The in-process row is `extractor.imaging.load_tensor` + `select_path(...).forward` "
+            "of the shipped default checkpoint in the benchmark's own process. The peer is "
+            "`bench/load/peer.py`: FastAPI + onnxruntime (default session options) serving the "
+            "float teacher EfficientNet-Lite0 at 224 px with one linear head, exported with "
+            "`torch.onnx` at bench time, multipart upload, in its own uvicorn process.",
+            "",
+            *ratio_table(ratios(m)),
+            "",
+            *measures_table(m),
+            "",
+        ]
+    lines += [
+        "## Load while a training job runs",
+        "",
         "Each level is a closed loop: N clients, each sending one",
         "image to `POST /v1/predict` (one float head, top-3) as soon as its previous answer",
         f"arrived, for {meta['seconds']} s. Latency percentiles are over successful requests;",
@@ -122,6 +371,23 @@ def report(rows: list[LevelResult], meta: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _neighbours() -> str:
+    """Other busy processes on the host (e.g. a distillation run at nice 15), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "R" and int(fields[16]) > 0 and cmd:
+            found.append(f"`{' '.join(cmd.split()[1:4])}` at nice {fields[16]}")
+    return "; ".join(sorted(set(found))) or "no niced neighbour running at the end"
+
+
 def run(
     url: str,
     key: str,
@@ -131,21 +397,48 @@ def run(
     per_label: int,
     command: str,
     out: Path,
+    *,
+    quick: bool = False,
 ) -> str:
+    began = time.monotonic()
+    load_start = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     sc = Scenario(url, key)
     sc.tenant()
     ds = sc.dataset(per_label)
-    first = sc.wait(sc.start_job(ds, "colours", "float"))
-    if first["status"] != "succeeded":
-        raise RuntimeError(f"the head did not train: {first}")
-    ref = first["head_version"]["ref"]
+    jobs = [sc.start_job(ds, f"colours-{i}", "float") for i in range(8)]
+    refs = []
+    for job_id in jobs:
+        done = sc.wait(job_id)
+        if done["status"] != "succeeded":
+            raise RuntimeError(f"the head did not train: {done}")
+        refs.append(done["head_version"]["ref"])
+    print(f"8 heads trained in {time.monotonic() - began:.0f} s", flush=True)
+    ref = refs[0]
+    images = photos()
+    m = None
+    if extractor_url:
+        with (
+            tempfile.TemporaryDirectory(prefix="headhub-peer-") as tmp,
+            peer_server(Path(tmp)) as peer_url,
+        ):
+            m = measure_ratios(
+                url,
+                sc.owner_key,
+                extractor_url,
+                peer_url,
+                refs,
+                images,
+                rounds=2 if quick else 4,
+                n=10 if quick else 50,
+                n32=2 if quick else 6,
+                c8_seconds=1.5 if quick else 6,
+                log=lambda s: print(s, flush=True),
+            )
     background = sc.start_job(
-        ds, "colours-mlp", "mlp", {"epochs": 20000, "patience": 0, "batch_size": 4, "hidden": 2048}
+        ds, "colours-mlp", "mlp", {"epochs": 5000, "patience": 0, "batch_size": 4, "hidden": 2048}
     )
-    images = [
-        (f"q{i}.png", synthetic_png(c, 50_000 + i))
-        for i, c in enumerate(list(COLOURS.values()) * 4)
-    ]
+    while sc.job(background)["status"] == "queued":
+        time.sleep(0.2)
     rows = []
     for c in levels:
         before = batch_totals(extractor_url)
@@ -156,22 +449,26 @@ def run(
         rows.append(row)
         errors = {k: v for k, v in row.statuses.items() if k != "200"}
         print(
-            f"clients={c}: {row.ok / seconds:.1f} req/s, p50 {_fmt_ms(row.percentile(50))} ms,"
+            f"clients={c}: {row.ok / row.seconds:.1f} req/s, p50 {_fmt_ms(row.percentile(50))} ms,"
             f" p99 {_fmt_ms(row.percentile(99))} ms, errors {errors or 0}",
             flush=True,
         )
     job = sc.job(background)
+    if m is not None:
+        m["load_errors"] = float(sum(r.errors for r in rows))
     meta = {
         "command": command,
         "seconds": f"{seconds:g}",
+        "rounds": "2" if quick else "4",
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"Python {platform.python_version()}",
+        "load_start": load_start,
         "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "neighbours": _neighbours(),
+        "took": f"{(time.monotonic() - began) / 60:.1f} min",
         "job": f"`mlp` head, status `{job['status']}` at the end, progress "
         f"{100 * float(job.get('progress') or 0):.0f}%",
     }
-    text = report(rows, meta)
+    text = report(rows, meta, m)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text
@@ -190,27 +487,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each level")
     p.add_argument("--per-label", type=int, default=20, help="training images per label")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: fewer requests, levels 1,4 for 2 s each, 8 images per label",
+    )
     args = p.parse_args(argv)
+    if args.quick:
+        args.levels, args.seconds, args.per_label = "1,4", 2.0, 8
     levels = [int(x) for x in args.levels.split(",")]
     command = "python -m bench.load " + shlex.join(argv if argv is not None else sys.argv[1:])
+    rest = (levels, args.seconds, args.per_label, command.strip(), args.out)
     if args.url:
         if not args.key:
             p.error("--key (or HEADHUB_ADMIN_KEY) is required with --url")
-        text = run(
-            args.url,
-            args.key,
-            args.extractor_url,
-            levels,
-            args.seconds,
-            args.per_label,
-            command.strip(),
-            args.out,
-        )
+        text = run(args.url, args.key, args.extractor_url, *rest, quick=args.quick)
     else:
         with headhub_up() as (url, key, ext):
-            text = run(
-                url, key, ext, levels, args.seconds, args.per_label, command.strip(), args.out
-            )
+            text = run(url, key, ext, *rest, quick=args.quick)
     print(text)
 
 

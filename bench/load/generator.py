@@ -7,6 +7,7 @@ import random
 import re
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -35,20 +36,23 @@ class LevelResult:
         return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
+Send = Callable[[httpx.AsyncClient, random.Random], Awaitable[httpx.Response]]
+
+
 async def _client_loop(
     http: httpx.AsyncClient,
-    url: str,
-    params: dict[str, str],
-    images: list[tuple[str, bytes]],
+    send: Send,
     stop_at: float,
     result: LevelResult,
     rng: random.Random,
+    requests: int | None = None,
 ) -> None:
-    while time.monotonic() < stop_at:
-        name, data = rng.choice(images)
+    while time.monotonic() < stop_at and (
+        requests is None or sum(result.statuses.values()) < requests
+    ):
         start = time.perf_counter()
         try:
-            r = await http.post(url, params=params, files=[("files", (name, data, "image/png"))])
+            r = await send(http, rng)
             key = str(r.status_code)
         except httpx.HTTPError as e:
             key = type(e).__name__
@@ -60,6 +64,56 @@ async def _client_loop(
             await asyncio.sleep(0.05)  # a polite client backs off a little
 
 
+async def closed_loop(
+    base_url: str,
+    send: Send,
+    concurrency: int,
+    seconds: float,
+    *,
+    requests: int | None = None,
+    headers: dict[str, str] | None = None,
+    warmup: int = 0,
+) -> LevelResult:
+    """`concurrency` clients, each sending `send`'s next request as soon as its last answer
+    arrived, for `seconds` (or until `requests` succeeded, with one client), after `warmup`
+    unrecorded requests per client (which also open the connections)."""
+    result = LevelResult(concurrency, seconds)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=60, limits=limits, headers=headers or {}
+    ) as http:
+        for w in range(warmup):
+            await asyncio.gather(
+                *(send(http, random.Random(-1 - i - w * concurrency)) for i in range(concurrency))
+            )
+        started = time.monotonic()
+        await asyncio.gather(
+            *(
+                _client_loop(http, send, started + seconds, result, random.Random(i), requests)
+                for i in range(concurrency)
+            )
+        )
+        result.seconds = time.monotonic() - started
+    return result
+
+
+def multipart_sender(
+    path: str, images: list[tuple[str, bytes]], params: dict[str, str] | None = None, n: int = 1
+) -> Send:
+    """POST `n` random images as multipart `files` parts, the way a user's client sends them."""
+
+    def send(http: httpx.AsyncClient, rng: random.Random) -> Awaitable[httpx.Response]:
+        picked = [rng.choice(images) for _ in range(n)]
+        files = [("files", (name, data, _mime(name))) for name, data in picked]
+        return http.post(path, params=params, files=files)
+
+    return send
+
+
+def _mime(name: str) -> str:
+    return "image/jpeg" if name.endswith((".jpg", ".jpeg")) else "image/png"
+
+
 async def run_level(
     base_url: str,
     key: str,
@@ -68,27 +122,11 @@ async def run_level(
     concurrency: int,
     seconds: float,
 ) -> LevelResult:
-    result = LevelResult(concurrency, seconds)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=base_url, timeout=60, limits=limits, headers={"Authorization": f"Bearer {key}"}
-    ) as http:
-        stop_at = time.monotonic() + seconds
-        await asyncio.gather(
-            *(
-                _client_loop(
-                    http,
-                    "/v1/predict",
-                    {"heads": head_ref, "top_k": "3"},
-                    images,
-                    stop_at,
-                    result,
-                    random.Random(i),
-                )
-                for i in range(concurrency)
-            )
-        )
-    return result
+    """The load table's level: single-image `POST /v1/predict` on one head, top-3."""
+    send = multipart_sender("/v1/predict", images, {"heads": head_ref, "top_k": "3"})
+    return await closed_loop(
+        base_url, send, concurrency, seconds, headers={"Authorization": f"Bearer {key}"}
+    )
 
 
 _BATCH = re.compile(r"^extractor_batch_size_(sum|count) (\S+)$", re.M)

@@ -1,0 +1,129 @@
+"""bench.load's ratio table and its peer server, without starting headhub (`--quick` takes about
+a minute on two cores: too long for the suite)."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.load.__main__ import report
+from bench.load.generator import LevelResult
+from bench.load.ratios import cpu_facts, measures_table, ratio_table, ratios
+
+# One run's numbers (seconds, per second) in which every ratio holds but the per-head one.
+MEASURED = {
+    "inproc_p50": 0.003,
+    "ext_p50": 0.005,
+    "api_p50": 0.006,
+    "api8_p50": 0.0072,  # (7.2 - 6) / 7 = 0.171 ms a head = 2.9% of 6 ms
+    "ext32_ips": 400.0,
+    "api32_ips": 380.0,
+    "ext_c8_rps": 150.0,
+    "ext_c8_p50": 0.05,
+    "ext_c8_p95": 0.09,
+    "api_c8_rps": 130.0,
+    "api_c8_p50": 0.06,
+    "api_c8_p95": 0.12,
+    "peer_p50": 0.02,
+    "peer_c8_rps": 50.0,
+    "peer_c8_p50": 0.15,
+    "peer_c8_p95": 0.3,
+    "load_errors": 0.0,
+}
+
+
+def test_every_ratio_of_the_issue_is_checked_against_its_target() -> None:
+    rows = {r.what: r for r in ratios(MEASURED)}
+    assert len(rows) == 9
+    assert rows["headhub 1-image p50 / peer's"].value == pytest.approx(0.3)
+    assert rows["headhub 8-client req/s / peer's"].value == pytest.approx(2.6)
+    assert rows["extractor alone 1-image p50 / in-process"].value == pytest.approx(5 / 3)
+    assert rows["API 1-image p50 / extractor alone"].value == pytest.approx(1.2)
+    head = rows["each extra head (8 vs 1) / 1-head request time"]
+    assert head.value == pytest.approx(1.2 / 7 / 6)
+    assert not head.passed
+    assert [r.what for r in ratios(MEASURED) if not r.passed] == [head.what]
+    assert rows["API 32-image images/s / extractor alone"].value == pytest.approx(0.95)
+    assert rows["API 8-client p95 / its p50"].value == pytest.approx(2.0)
+
+
+def test_a_missing_or_failing_measure_is_a_fail_not_a_pass() -> None:
+    partial = {k: v for k, v in MEASURED.items() if k != "peer_p50"} | {"load_errors": 3.0}
+    rows = {r.what: r for r in ratios(partial)}
+    assert math.isnan(rows["headhub 1-image p50 / peer's"].value)
+    assert not rows["headhub 1-image p50 / peer's"].passed
+    assert not rows["load table under training: errors"].passed
+
+
+def test_the_tables_say_pass_or_fail_with_each_target() -> None:
+    text = "\n".join(ratio_table(ratios(MEASURED)))
+    assert "| API 1-image p50 / extractor alone | 1.2 | <= 1.3 | PASS |" in text
+    assert "| each extra head (8 vs 1) / 1-head request time | 0.0286 | <= 0.02 | FAIL |" in text
+    assert "| headhub 8-client req/s / peer's | 2.6 | >= 2 | PASS |" in text
+    measures = "\n".join(measures_table(MEASURED))
+    assert "| API, 32 images per request, 1 head, images/s | 380 img/s |" in measures
+    assert "1 image, 1 head, sequential, p50 | 6.00 ms |" in measures
+
+
+def test_cpu_facts_tell_avx512_vpopcntdq_from_avx2_only() -> None:
+    avx512 = "model name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_vpopcntdq\n"
+    assert cpu_facts(avx512) == ("Some CPU", "AVX-512 VPOPCNTDQ")
+    assert cpu_facts("model name\t: Old\nflags\t\t: fpu avx2\n") == ("Old", "AVX2 only")
+    assert cpu_facts("") == ("unknown CPU", "neither AVX2 nor AVX-512")
+
+
+def test_the_report_holds_the_command_date_cpu_load_and_both_tables() -> None:
+    row = LevelResult(1, 2.0, [0.01, 0.02], statuses={"200": 2})  # type: ignore[arg-type]
+    meta = {
+        "command": "python -m bench.load --quick",
+        "seconds": "2",
+        "rounds": "2",
+        "when": "2026-12-07 06:00 UTC",
+        "load_start": "1.0 / 1.0 / 1.0",
+        "load": "2.0 / 1.5 / 1.0",
+        "neighbours": "none",
+        "took": "1.0 min",
+        "job": "`mlp` head, status `running` at the end, progress 10%",
+    }
+    text = report([row], meta, MEASURED)
+    model, isa = cpu_facts()
+    for part in (meta["command"], meta["when"], meta["load"], model, isa, "| FAIL |", "| 1 | "):
+        assert part in text
+
+
+def test_the_peer_serves_multipart_images_through_onnxruntime(tmp_path: Path) -> None:
+    """bench/load/peer.py's app on a stand-in ONNX model of the same input and output names."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from fastapi.testclient import TestClient
+
+    from bench.load.peer import SIZE, create_app
+
+    model = torch.nn.Sequential(
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3)
+    )
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(
+        model.eval(),
+        (torch.zeros(1, 3, SIZE, SIZE),),
+        str(path),
+        dynamo=False,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "N"}, "logits": {0: "N"}},
+    )
+    buf = io.BytesIO()
+    Image.fromarray(np.full((300, 200, 3), 128, np.uint8)).save(buf, "JPEG")
+    with TestClient(create_app(path)) as client:
+        files = [("files", (f"{i}.jpg", buf.getvalue(), "image/jpeg")) for i in range(2)]
+        r = client.post("/predict", files=files, params={"top_k": 2})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["filename"] for x in results] == ["0.jpg", "1.jpg"]
+    assert all(len(x["scores"]) == 2 for x in results)
+    assert sum(s["score"] for s in results[0]["scores"]) <= 1.0 + 1e-6
