@@ -1,13 +1,25 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, Response, status
+import anyio
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Depends,
+    Header,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
 from starlette.concurrency import run_in_threadpool
 
+from extractor.imaging import ImageRejected
 from service.datasets import repository as repo
-from service.datasets import service
+from service.datasets import service, thumbnails
 from service.datasets.schemas import (
     DatasetCreate,
     DatasetList,
@@ -25,10 +37,13 @@ from service.datasets.upload import (
     run_upload,
 )
 from service.deps import BlobsDep, OwnerDep, SessionDep, SettingsDep
+from service.errors import NotFound, Unprocessable
+from service.storage.blobstore import BlobNotFound, BlobStore, image_key
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 ExtractorIdDep = Annotated[str | None, Depends(current_extractor_id)]
+Sha256 = Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="The image's SHA-256 (hex).")]
 TenantQuery = Annotated[
     str | None, Query(description="Admin keys only: the tenant (name) to act for.")
 ]
@@ -178,7 +193,7 @@ def list_images(
 @router.delete("/{dataset_id}/images/{sha256}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_image(
     dataset_id: str,
-    sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
+    sha256: Sha256,
     request: Request,
     session: SessionDep,
     principal: OwnerDep,
@@ -188,3 +203,88 @@ def delete_image(
     service.delete_image(session, principal, dataset_id, sha256)
     background.add_task(service.forget_features, request.app.state.sessionmaker, [sha256])
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# Thumbnails are private (the key decides who may see them) and depend on the key: a browser
+# shared by two tenants must not answer one's request from the other's cached copy.
+THUMBNAIL_MAX_AGE_S = 86_400
+_THUMBNAIL_HEADERS = {
+    "ETag": {"description": "From the SHA-256 and the size.", "schema": {"type": "string"}},
+    "Cache-Control": {"schema": {"type": "string"}},
+}
+_IMAGE = {"schema": {"type": "string", "format": "binary"}}
+THUMBNAIL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The image re-encoded to fit size x size: PNG if it has transparency, "
+        "else JPEG.",
+        "content": {"image/jpeg": _IMAGE, "image/png": _IMAGE},
+        "headers": _THUMBNAIL_HEADERS,
+    },
+    304: {"description": "Not modified: `If-None-Match` names the current ETag."},
+    404: {"description": "No such dataset (or another tenant's), or no such image in it."},
+    422: {"description": "Bad SHA-256 or size, or stored bytes that no longer decode."},
+}
+
+
+def _thumbnail_limiter(request: Request) -> anyio.CapacityLimiter:
+    state = request.app.state
+    limiter = getattr(state, "thumbnail_limiter", None)
+    if limiter is None:
+        limiter = state.thumbnail_limiter = anyio.CapacityLimiter(thumbnails.CONCURRENCY)
+    return limiter
+
+
+def _render(blobs: BlobStore, sha256: str, size: int, max_pixels: int) -> thumbnails.Thumbnail:
+    try:
+        data = blobs.get(image_key(sha256))
+    except BlobNotFound:  # the row outlived its bytes: nothing to show, as for a missing image
+        raise NotFound(f"No bytes stored for image {sha256}.", code="image_not_found") from None
+    try:
+        return thumbnails.render(data, size, max_pixels=max_pixels)
+    except ImageRejected as exc:
+        raise Unprocessable(
+            f"Image {sha256} cannot be previewed: {exc.reason}", code="thumbnail_unavailable"
+        ) from None
+
+
+@router.get(
+    "/{dataset_id}/images/{sha256}/thumbnail",
+    response_class=Response,
+    responses=THUMBNAIL_RESPONSES,
+)
+async def image_thumbnail(
+    dataset_id: str,
+    sha256: Sha256,
+    request: Request,
+    session: SessionDep,
+    principal: OwnerDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
+    size: Annotated[
+        int,
+        Query(
+            ge=thumbnails.MIN_SIZE,
+            le=thumbnails.MAX_SIZE,
+            description="Longest side in pixels; the image is never enlarged.",
+        ),
+    ] = thumbnails.DEFAULT_SIZE,
+    if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    """A small preview of one image of the dataset, decoded from the stored bytes and encoded
+    afresh (never the uploaded bytes themselves). Cacheable by the browser that asked (`private`,
+    `ETag`; `If-None-Match` answers 304)."""
+    await run_in_threadpool(service.get_image, session, principal, dataset_id, sha256)
+    await run_in_threadpool(session.commit)  # no pooled connection held while decoding
+    tag = thumbnails.etag(sha256, size)
+    headers = {
+        "ETag": tag,
+        "Cache-Control": f"private, max-age={THUMBNAIL_MAX_AGE_S}",
+        "Vary": "Authorization",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if thumbnails.matches(if_none_match, tag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    thumb = await anyio.to_thread.run_sync(
+        _render, blobs, sha256, size, settings.max_image_pixels, limiter=_thumbnail_limiter(request)
+    )
+    return Response(thumb.data, media_type=thumb.media_type, headers=headers)

@@ -156,11 +156,19 @@ def delete_dataset(session: Session, principal: Principal, dataset_id: str) -> l
     return shas
 
 
-def delete_image(session: Session, principal: Principal, dataset_id: str, sha256: str) -> None:
+def get_image(
+    session: Session, principal: Principal, dataset_id: str, sha256: str
+) -> tuple[Dataset, DatasetImage]:
+    """The dataset (404 as `get_dataset`) and one of its images (404 `image_not_found`)."""
     dataset = get_dataset(session, principal, dataset_id)
     image = repo.get_image(session, dataset.id, sha256)
     if image is None:
         raise NotFound(f"No image {sha256} in dataset '{dataset_id}'.", code="image_not_found")
+    return dataset, image
+
+
+def delete_image(session: Session, principal: Principal, dataset_id: str, sha256: str) -> None:
+    dataset, image = get_image(session, principal, dataset_id, sha256)
     session.delete(image)
     dataset.updated_at = utcnow()
     session.flush()
