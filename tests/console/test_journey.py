@@ -176,7 +176,7 @@ def test_owner_creates_a_dataset_and_drops_a_zip_with_a_progress_bar(
     expect(labels.locator(".bar-label")).to_have_text(["blue", "green", "red"])
     expect(labels.locator(".bar-value")).to_have_text([str(PER_LABEL)] * 3)
     expect(page.locator(".gallery img.thumb")).to_have_count(24)  # previews read from the zip
-    expect(page.locator(".paged img.thumb")).to_have_count(24)  # matched to the list by SHA-256
+    expect(page.locator(".paged img.thumb")).to_have_count(24)  # from the API
 
 
 def test_loose_files_take_the_typed_label_and_a_bad_file_is_listed_with_its_reason(
@@ -203,6 +203,39 @@ def test_loose_files_take_the_typed_label_and_a_bad_file_is_listed_with_its_reas
     expect(page.locator(".gallery .thumb.broken")).to_have_count(1)  # undecodable: no preview
     expect(page.locator(".paged tbody tr")).to_have_count(25)
     screenshot(page, "dataset")
+
+
+def test_a_fresh_tab_signed_in_again_sees_thumbnails_of_the_stored_images(
+    stack: Stack, personas: dict[str, Persona], world: World
+) -> None:
+    """Thumbnails come from the API, not from what a tab uploaded: a new browser context (its
+    own sessionStorage, nothing uploaded from it) shows every listed image's preview."""
+    again = personas["acme-again"]
+    page = sign_in(again, stack, need(world.acme_owner, "operator"))
+    page.goto(f"{stack.console}#/datasets/{need(world.dataset_id, 'dataset')}")
+    page.reload()  # and a reload of that tab: the key is still in its sessionStorage
+    expect(h1(page)).to_have_text("Dataset colours")
+    thumbs = page.locator(".paged img.thumb")
+    expect(thumbs).to_have_count(25)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.paged img.thumb')]"
+        ".every((img) => img.complete && img.naturalWidth > 0)"
+    )
+    sources = thumbs.evaluate_all("imgs => imgs.map((img) => img.src)")
+    assert all(src.startswith("blob:") for src in sources)  # fetched with the key in a header
+    calls = [r for r in again.requests if "/thumbnail" in r]
+    assert len(calls) >= 25 and not [r for r in calls if world.acme_owner in r]
+    # Leaving the page revokes the object URLs: one no longer loads (img-src allows blob:).
+    load = """(src) => new Promise((done) => {
+        const img = new Image();
+        img.onload = () => done(true);
+        img.onerror = () => done(false);
+        img.src = src;
+    })"""
+    assert page.evaluate(load, sources[0])
+    go(page, "Datasets")
+    expect(h1(page)).to_have_text("Datasets")
+    assert not page.evaluate(load, sources[0])
 
 
 def test_owner_trains_a_head_and_watches_the_job_reach_100_percent(

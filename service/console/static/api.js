@@ -58,14 +58,16 @@ async function problemOf(response) {
   }
 }
 
-/** fetch + JSON; throws ApiError with the server's problem detail; a 401 signs out. */
-export async function api(method, path, { query, json, body, headers, raw, quiet401 } = {}) {
+/** fetch + JSON; throws ApiError with the server's problem detail; a 401 signs out.
+ *  `cache` is "no-store" unless a caller asks for the HTTP cache (thumbnails: private + ETag). */
+export async function api(method, path, { query, json, body, headers, raw, quiet401, cache, signal } = {}) {
   const init = {
     method,
     headers: authHeaders(headers),
     credentials: "omit",
-    cache: "no-store",
+    cache: cache || "no-store",
     referrerPolicy: "no-referrer",
+    signal,
   };
   if (json !== undefined) {
     init.body = JSON.stringify(json);
@@ -77,6 +79,7 @@ export async function api(method, path, { query, json, body, headers, raw, quiet
   try {
     response = await fetch(apiUrl(path, query), init);
   } catch (e) {
+    if (e.name === "AbortError") throw e;
     throw new ApiError(0, { detail: `The server could not be reached (${e.message}).` });
   }
   if (!response.ok) {

@@ -1,7 +1,6 @@
 // Picking files: a keyboard-reachable drop zone (drag and drop, a file picker, or paste), local
-// previews of what was picked, and a small zip reader for previewing an archive's images
-// before and after upload. The API serves no image bytes, so thumbnails are of what this tab
-// uploaded, matched to the dataset's image list by SHA-256.
+// previews of what was picked, and a small zip reader for previewing an archive's images while
+// it uploads (a dataset's stored images get their thumbnails from the API).
 import { h, uid } from "./dom.js";
 
 const IMAGE_EXT = /\.(jpe?g|png|gif|webp|bmp|tiff?)$/i;
@@ -49,12 +48,6 @@ export function dropZone({ label, hint, accept, multiple = true, onFiles, paste 
     document.addEventListener("paste", onPaste);
   }
   return zone;
-}
-
-export async function sha256Hex(blob) {
-  if (!globalThis.crypto?.subtle) return null; // only in secure contexts (https or localhost)
-  const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** A thumbnail element for a Blob (object URL, revoked when the page is left). */

@@ -1,24 +1,71 @@
 // Datasets: create, upload (drag and drop files or a zip, with a progress bar), label counts,
-// thumbnails of what this tab uploaded, rejected files with their reasons.
+// thumbnails of every listed image (from the API), rejected files with their reasons.
 import { api, get, upload } from "../api.js";
 import { bars, progress, setProgress } from "../charts.js";
 import {
   append, button, clear, confirmButton, errorBox, field, fmtBytes, fmtDate, h, input, link,
   select, table, td,
 } from "../dom.js";
-import { dropZone, isZip, readZip, sha256Hex, thumb } from "../files.js";
+import { dropZone, isZip, readZip, thumb } from "../files.js";
 import { page, pagedTable, panel } from "../ui.js";
 
-// SHA-256 -> Blob of images uploaded from this tab (the API serves no image bytes back).
-const previews = new Map();
-const MAX_PREVIEWS = 2000;
 const BATCH_FILES = 64;
 const BATCH_BYTES = 24 * 1024 * 1024;
+const THUMB_SIZE = 96; // shown at 48 px: sharp on a 2x screen
+const THUMB_PARALLEL = 4;
 
-function remember(sha, blob) {
-  if (!sha || previews.has(sha)) return;
-  if (previews.size >= MAX_PREVIEWS) previews.delete(previews.keys().next().value);
-  previews.set(sha, blob);
+/** Thumbnails of one dataset's images, from GET …/images/{sha256}/thumbnail. The key goes in
+ *  the Authorization header (never in a URL), so each comes through fetch and is shown from an
+ *  object URL, revoked when the page is left. Only rows drawn ask (a page of 100, more on "Load
+ *  more"), at most THUMB_PARALLEL at once; the browser's private cache answers repeats (ETag). */
+function thumbnailLoader(ctx, datasetId) {
+  const urls = new Map(); // sha256 -> Promise<object URL | null>
+  const queue = [];
+  const stop = new AbortController();
+  let running = 0;
+  ctx.onLeave(() => {
+    stop.abort();
+    queue.length = 0;
+    for (const url of urls.values()) url.then((u) => u && URL.revokeObjectURL(u));
+  });
+  function pump() {
+    while (running < THUMB_PARALLEL && queue.length) {
+      running += 1;
+      queue.shift()().finally(() => { running -= 1; pump(); });
+    }
+  }
+  function load(sha) {
+    if (!urls.has(sha)) {
+      urls.set(sha, new Promise((resolve) => {
+        queue.push(async () => {
+          try {
+            const path = `/v1/datasets/${encodeURIComponent(datasetId)}/images/${encodeURIComponent(sha)}/thumbnail`;
+            const res = await api("GET", path, { query: { size: THUMB_SIZE }, raw: true, cache: "default", signal: stop.signal });
+            const blob = await res.blob();
+            resolve(stop.signal.aborted ? null : URL.createObjectURL(blob));
+          } catch {
+            resolve(null); // a stored image that no longer decodes, a network error, leaving
+          }
+        });
+        pump();
+      }));
+    }
+    return urls.get(sha);
+  }
+  /** A cell's content: a placeholder, replaced by the thumbnail once it has come. */
+  return (sha, alt) => {
+    const slot = h("span", { class: "no-thumb", text: "…" });
+    load(sha).then((url) => {
+      if (!url) {
+        slot.textContent = "—";
+        return;
+      }
+      const img = h("img", { src: url, alt, class: "thumb", width: "48", height: "48" });
+      img.addEventListener("error", () => img.replaceWith(h("span", { class: "thumb broken", text: "no preview" })));
+      slot.replaceWith(img);
+    });
+    return slot;
+  };
 }
 
 function labelSummary(counts) {
@@ -66,6 +113,7 @@ export function detailPage(ctx) {
   const id = ctx.params.id;
   const urls = [];
   ctx.onLeave(() => urls.forEach((u) => URL.revokeObjectURL(u)));
+  const thumbnailOf = thumbnailLoader(ctx, id);
   const title = h("h1", { tabindex: "-1", text: "Dataset" });
   const desc = h("p", { class: "lead" });
   const err = errorBox();
@@ -100,16 +148,13 @@ export function detailPage(ctx) {
       path: `/v1/datasets/${encodeURIComponent(id)}/images`,
       query: { label: labelFilter.value || undefined },
       limit: 100,
-      caption: "Images (thumbnails for those uploaded from this tab)",
+      caption: "Images",
       empty: "No image yet: drop some above.",
       headers: ["Preview", "File", "Label", "Size", "Pixels", "Added"],
-      row: (img) => {
-        const blob = previews.get(img.sha256);
-        return h("tr", {},
-          td(blob ? thumb(blob, `${img.label}: ${img.filename}`, urls) : h("span", { class: "no-thumb", text: "—" })),
-          td(h("span", { class: "filename", text: img.filename })),
-          td(img.label), td(fmtBytes(img.size_bytes)), td(`${img.width}×${img.height}`), td(fmtDate(img.created_at)));
-      },
+      row: (img) => h("tr", {},
+        td(thumbnailOf(img.sha256, `${img.label}: ${img.filename}`)),
+        td(h("span", { class: "filename", text: img.filename })),
+        td(img.label), td(fmtBytes(img.size_bytes)), td(`${img.width}×${img.height}`), td(fmtDate(img.created_at))),
     });
     clear(imagesBox, t);
   }
@@ -130,15 +175,13 @@ export function detailPage(ctx) {
         try {
           const entries = await readZip(f);
           for (const entry of entries.slice(0, 500)) {
+            if (shown.length >= 48) break;
             const blob = await entry.blob();
-            if (!blob) continue;
-            remember(await sha256Hex(blob), blob);
-            if (shown.length < 48) shown.push([entry.label, entry.name, blob]);
+            if (blob) shown.push([entry.label, entry.name, blob]);
           }
         } catch { /* the server says what is wrong with the archive */ }
-      } else {
-        remember(await sha256Hex(f), f);
-        if (shown.length < 48) shown.push([label.value.trim(), f.name, f]);
+      } else if (shown.length < 48) {
+        shown.push([label.value.trim(), f.name, f]);
       }
     }
     clear(gallery, shown.map(([l, n, blob]) => h("figure", { class: "tile" },
