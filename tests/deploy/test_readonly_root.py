@@ -82,17 +82,18 @@ def _setup_script(writable: list[str], run: str) -> str:
         f"mount --rbind /dev {NEW_ROOT}/dev",
         f"mount --rbind /sys {NEW_ROOT}/sys",
     ]
-    for b in binds:
-        lines += [
-            f"mkdir -p {NEW_ROOT}{b}",
-            f"mount --rbind {shlex.quote(b)} {NEW_ROOT}{shlex.quote(b)}",
-            f"mount -o remount,bind,ro {NEW_ROOT}{shlex.quote(b)}",
-        ]
+    # The pod's volumes first, the read-only binds after: a checkout under /tmp stays visible.
     for w in writable:
         mode = "mode=1777" if w == "/tmp" else f"uid={UID},gid={UID},mode=0700"
         lines += [
             f"mkdir -p {NEW_ROOT}{w}",
             f"mount -t tmpfs -o {mode} {w.strip('/')} {NEW_ROOT}{w}",
+        ]
+    for b in binds:
+        lines += [
+            f"mkdir -p {NEW_ROOT}{b}",
+            f"mount --rbind {shlex.quote(b)} {NEW_ROOT}{shlex.quote(b)}",
+            f"mount -o remount,bind,ro {NEW_ROOT}{shlex.quote(b)}",
         ]
     lines += [
         f"mount -o remount,ro {NEW_ROOT}",  # the root itself: read-only from here on
