@@ -2,8 +2,9 @@
 
     python -m bench.load.profile [--seconds 20] [--clients 1,8] [--out bench/results/profile.md]
 
-Starts a private `headhub up`, trains one float head, then for each client count runs a closed
-loop of single-image `POST /v1/predict` requests while `py-spy record` samples the API and the
+Starts a private `headhub up` (`--code DIR`: of another checkout), trains one float head, then for
+each client count runs a closed loop of single-image `POST /v1/predict` requests (the photos
+`bench.load` sends) while `py-spy record` samples the API and the
 extractor process (`--nonblocking`, so the sampled processes are never paused). Each sample's
 Python stack is put in the first matching category of `CATEGORIES` (the innermost frame that
 matches wins), and the table gives each category's share of that process's samples, idle
@@ -24,9 +25,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.load.__main__ import headhub_up
+from bench.load.__main__ import headhub_up, photos
 from bench.load.generator import run_level
-from bench.load.scenario import COLOURS, Scenario, synthetic_png
+from bench.load.scenario import Scenario
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "profile.md"
 
@@ -43,7 +44,11 @@ CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
         ("image decode + resize (PIL)", r"PIL/|imaging\.py|admission\.py:.*request_pixels"),
         ("multipart parsing", r"multipart|formparsers|datastructures\.py.*UploadFile|tempfile"),
         ("database (SQLAlchemy, sqlite3, psycopg)", r"sqlalchemy/|sqlite3|psycopg|/db\.py"),
-        ("HTTP client to extractor (httpx)", r"httpx/|httpcore/|h11/_connection.*client"),
+        (
+            # anyio's socket streams carry httpcore's requests (uvicorn does not use them)
+            "HTTP client to extractor (httpx, its socket writes)",
+            r"httpx/|httpcore/|h11/_connection.*client|SocketStream\.(send|receive) \(anyio",
+        ),
         ("head evaluation (numpy)", r"heads/evaluate\.py|numpy/"),
         ("JSON / pydantic encoding", r"json/|pydantic|encoders\.py|jsonable"),
         ("wire format, sign packing", r"extractor/wire\.py|packing\.py"),
@@ -80,8 +85,19 @@ def _children(pid: int) -> dict[str, int]:
     return found
 
 
+_PREFIX = re.compile(
+    r"\(/[^;()]*?/(?:lib/python3\.\d+/site-packages|site-packages|lib/python3\.\d+)/"
+)
+_TREE = re.compile(r"\(/[^;()]*?/(?=(?:service|extractor|bench)/)")
+
+
+def _short(stack: str) -> str:
+    """py-spy's short file names from full ones: `(fastapi/routing.py:1)`, `(service/x.py:2)`."""
+    return _TREE.sub("(", _PREFIX.sub("(", stack))
+
+
 def _classify(stack: str) -> str:
-    frames = stack.split(";")
+    frames = _short(stack).split(";")
     if frames and IDLE.search(frames[-1]):
         return "idle (waiting on sockets, queues, locks)"
     for frame in reversed(frames):
@@ -101,14 +117,43 @@ def summarize(raw: str) -> Counter[str]:
     return counts
 
 
-def _table(title: str, counts: Counter[str]) -> list[str]:
+def _provenance(raw: str, code: Path | None) -> list[str]:
+    """Which checkout the sampled service code came from: the share of samples with a frame
+    under `code` (or under this checkout) among those with any `service/` or `extractor/` frame."""
+    root = str((code or Path(__file__).resolve().parents[2]).resolve())
+    ours = theirs = 0
+    for line in raw.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit() or not re.search(r"/(service|extractor)/\w+", stack):
+            continue
+        if f"{root}/service/" in stack or f"{root}/extractor/" in stack:
+            ours += int(n)
+        else:
+            theirs += int(n)
+    total = ours + theirs
+    if not total:
+        return []
+    return [f"Samples in headhub code: {100 * ours / total:.0f}% from `{root}`.", ""]
+
+
+def _table(title: str, counts: Counter[str], rate: int, requests: int) -> list[str]:
+    """Each category's share, and its sampled time per request (samples / rate / requests): the
+    column that compares across runs of different throughput."""
     total = sum(counts.values()) or 1
     busy = total - counts.get("idle (waiting on sockets, queues, locks)", 0)
-    lines = [f"**{title}** ({total} samples, {100 * busy / total:.0f}% busy)", ""]
-    lines += ["| where | share of samples | share of busy samples |", "|---|---:|---:|"]
+    per_req = 1000 / rate / max(1, requests)
+    lines = [
+        f"**{title}** ({total} samples, {100 * busy / total:.0f}% busy, "
+        f"{busy * per_req:.2f} ms busy per request)",
+        "",
+    ]
+    lines += [
+        "| where | share of samples | share of busy samples | ms per request |",
+        "|---|---:|---:|---:|",
+    ]
     for name, n in counts.most_common():
         of_busy = "-" if name.startswith("idle") else f"{100 * n / max(1, busy):.1f}%"
-        lines.append(f"| {name} | {100 * n / total:.1f}% | {of_busy} |")
+        lines.append(f"| {name} | {100 * n / total:.1f}% | {of_busy} | {n * per_req:.2f} |")
     return [*lines, ""]
 
 
@@ -121,14 +166,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label", default="", help="a heading for this run (e.g. before/after)")
     p.add_argument("--keep", type=Path, help="a folder for py-spy's raw stacks")
     p.add_argument("--append", action="store_true", help="append to --out instead of replacing")
+    p.add_argument(
+        "--code",
+        type=Path,
+        help="profile the service of another checkout (e.g. `git worktree add /tmp/hh-before "
+        "8ef2a67`); the table says what share of samples ran code from it",
+    )
     args = p.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    images = [
-        (f"q{i}.png", synthetic_png(c, 50_000 + i))
-        for i, c in enumerate(list(COLOURS.values()) * 4)
-    ]
+    images = photos()  # the photos bench.load sends
     sections: list[str] = []
-    with headhub_up() as (url, key, _ext):
+    with headhub_up(code=args.code) as (url, key, _ext):
         sc = Scenario(url, key)
         sc.tenant()
         ds = sc.dataset(20)
@@ -151,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                             "--duration",
                             str(int(args.seconds)),
                             "--nonblocking",
+                            "--full-filenames",  # which checkout ran (`_provenance`)
                             "--threads",
                             "--format",
                             "raw",
@@ -173,13 +222,20 @@ def main(argv: list[str] | None = None) -> None:
                 for role, raw in raws.items():
                     (args.keep / f"{role}-{clients}.txt").write_text(raw)
             p50 = 1000 * level.percentile(50)
+            errors = {k: v for k, v in level.statuses.items() if k != "200"}
             sections.append(
-                f"### {clients} client(s): {level.ok / args.seconds:.1f} req/s, p50 {p50:.1f} ms, "
-                f"errors {level.errors}"
+                f"### {clients} client(s): {level.ok / level.seconds:.1f} req/s, p50 {p50:.1f} ms,"
+                f" errors {errors or 0}"
             )
             sections.append("")
             for role in ("api", "extractor"):
-                sections += _table(f"{role} process", summarize(raws[role]))
+                sections += _table(
+                    f"{role} process",
+                    summarize(raws[role]),
+                    args.rate,
+                    sum(level.statuses.values()),
+                )
+                sections += _provenance(raws[role], args.code)
     head = [
         f"## {args.label or 'Profile'}",
         "",
