@@ -318,7 +318,8 @@ def report(rows: list[LevelResult], meta: dict[str, str], m: dict[str, float] | 
         "",
         f"Measured {meta['when']} on {model} ({isa}), {os.cpu_count()} CPU cores, Python "
         f"{platform.python_version()}; load average (1/5/15 min) {meta['load_start']} at the "
-        f"start and {meta['load']} at the end (the host is shared: {meta['neighbours']}). The "
+        f"start and {meta['load']} at the end (the host is shared; other processes seen running "
+        f"during the run: {meta['neighbours']}). The "
         "load generator, the API, the extractor, the worker and the peer share those cores; "
         f"the run took {meta['took']}.",
         "",
@@ -337,7 +338,9 @@ def report(rows: list[LevelResult], meta: dict[str, str], m: dict[str, float] | 
             "of the shipped default checkpoint in the benchmark's own process. The peer is "
             "`bench/load/peer.py`: FastAPI + onnxruntime (default session options) serving the "
             "float teacher EfficientNet-Lite0 at 224 px with one linear head, exported with "
-            "`torch.onnx` at bench time, multipart upload, in its own uvicorn process.",
+            "`torch.onnx` at bench time, multipart upload, in its own uvicorn process. Where "
+            "the time goes, and why the failing ratios fail here: "
+            "[profile.md](profile.md) (`python -m bench.load.profile`).",
             "",
             *ratio_table(ratios(m)),
             "",
@@ -371,9 +374,10 @@ def report(rows: list[LevelResult], meta: dict[str, str], m: dict[str, float] | 
     return "\n".join(lines)
 
 
-def _neighbours() -> str:
-    """Other busy processes on the host (e.g. a distillation run at nice 15), from /proc."""
-    found = []
+def _busy_neighbours() -> set[str]:
+    """Running processes outside this benchmark's own tree (a distillation run at nice 15,
+    another session's tests), as `command` at nice N, from /proc."""
+    procs: dict[int, tuple[int, str, int, str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -383,9 +387,19 @@ def _neighbours() -> str:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "R" and int(fields[16]) > 0 and cmd:
-            found.append(f"`{' '.join(cmd.split()[1:4])}` at nice {fields[16]}")
-    return "; ".join(sorted(set(found))) or "no niced neighbour running at the end"
+        procs[int(entry.name)] = (int(fields[1]), fields[0], int(fields[16]), cmd)
+    found = set()
+    for pid, (_ppid, state, nice, cmd) in procs.items():
+        up, ours = pid, False
+        while up in procs and not ours:
+            ours, up = up == os.getpid(), procs[up][0]
+        if state == "R" and cmd and not ours:
+            found.add(f"`{' '.join(cmd.split()[:4])[:80]}` at nice {nice}")
+    return found
+
+
+def _neighbours(seen: set[str]) -> str:
+    return "; ".join(sorted(seen)) or "no other process was running when sampled"
 
 
 def run(
@@ -402,6 +416,7 @@ def run(
 ) -> str:
     began = time.monotonic()
     load_start = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    seen = _busy_neighbours()
     sc = Scenario(url, key)
     sc.tenant()
     ds = sc.dataset(per_label)
@@ -441,6 +456,7 @@ def run(
         time.sleep(0.2)
     rows = []
     for c in levels:
+        seen |= _busy_neighbours()
         before = batch_totals(extractor_url)
         row = asyncio.run(run_level(url, sc.owner_key, ref, images, c, seconds))
         after = batch_totals(extractor_url)
@@ -463,7 +479,7 @@ def run(
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "load_start": load_start,
         "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "neighbours": _neighbours(),
+        "neighbours": _neighbours(seen | _busy_neighbours()),
         "took": f"{(time.monotonic() - began) / 60:.1f} min",
         "job": f"`mlp` head, status `{job['status']}` at the end, progress "
         f"{100 * float(job.get('progress') or 0):.0f}%",
