@@ -122,8 +122,8 @@ def _fmt_ms(s: float) -> str:
 
 
 def photos() -> list[tuple[str, bytes]]:
-    """The images every measurement sends: scikit-image's photos (300-640 px) as JPEG, the same
-    bytes for headhub, its extractor, the in-process path and the peer."""
+    """The images every measurement sends: six scikit-image photos (300 to 1000 px a side) as
+    JPEG, the same bytes for headhub, its extractor, the in-process path and the peer."""
     import io
 
     from PIL import Image
@@ -331,7 +331,8 @@ def report(rows: list[LevelResult], meta: dict[str, str], m: dict[str, float] | 
             "Sequential latencies are the median over "
             f"{meta['rounds']} interleaved rounds (each target in turn, so the neighbours' load "
             "falls on all alike); every request is one of the same scikit-image photos "
-            "(JPEG, 300-640 px). headhub's API gets multipart `files` from the client and calls "
+            "(six, JPEG, 300 to 1000 px a side). headhub's API gets multipart `files` from the "
+            "client and calls "
             "its extractor over a Unix socket (`headhub up`); the extractor alone is called over "
             "TCP with the framed images body the API itself sends (`application/x-headhub-images`)."
             " The in-process row is `extractor.imaging.load_tensor` + `select_path(...).forward` "
