@@ -1,5 +1,5 @@
-"""Load benchmark: issue 19's ratios in one run, then predictions at rising concurrency while a
-training job runs.
+"""Load benchmark: the service-path ratios in one run, then predictions at rising concurrency
+while a training job runs.
 
     python -m bench.load                       # starts its own `headhub up` in a temp dir
     python -m bench.load --quick               # a smoke run (about a minute)
@@ -326,7 +326,7 @@ def report(rows: list[LevelResult], meta: dict[str, str], m: dict[str, float] | 
     ]
     if m is not None:
         lines += [
-            "## Issue 19's ratios, measured in this one run",
+            "## The service-path ratios, measured in this one run",
             "",
             "Sequential latencies are the median over "
             f"{meta['rounds']} interleaved rounds (each target in turn, so the neighbours' load "

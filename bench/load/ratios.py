@@ -1,4 +1,4 @@
-"""The ratios issue 19 asks of the service path, from one run's measurements, and their table.
+"""The ratios asked of the service path, from one run's measurements, and their table.
 
 Every check is a ratio of two numbers measured in the same run on the same host and images, so
 a slower or busier machine moves both sides; there are no absolute thresholds.
@@ -51,7 +51,7 @@ class Ratio:
 
 
 def ratios(m: dict[str, float]) -> list[Ratio]:
-    """Issue 19's "What must hold", in its order."""
+    """The targets of the service path (bench/results/load.md), in order."""
 
     def div(a: str, b: str) -> float:
         x, y = m.get(a, math.nan), m.get(b, math.nan)
