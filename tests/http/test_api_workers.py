@@ -24,7 +24,7 @@ from service.http.workers import SharedBuckets, SharedCounter
 from tests.conftest import ADMIN_HEADERS, create_tenant, make_settings
 from tests.fixtures.processes import free_port, settings_env, start_headhub
 from tests.heads.helpers import add_version
-from tests.http.test_ratelimit import race_for_ten_tokens
+from tests.http.test_ratelimit import race_for_ten_tokens, refuse_a_check_by_its_tenant
 
 EXTRACTOR = "e" * 64
 FEATURES = [[0.1 * i for i in range(20)]]
@@ -57,12 +57,7 @@ def test_shared_buckets_across_real_processes(tmp_path: Path) -> None:
 
 def test_a_check_is_all_or_nothing_and_buckets_never_share_a_slot(tmp_path: Path) -> None:
     buckets = SharedBuckets(tmp_path / "rl")
-    key = Rule.make("key", 600, 5, "rate_limited", "key")
-    tenant = Rule.make("tenant", 60, 1, "tenant_rate_limited", "tenant")
-    assert key and tenant
-    assert buckets.take([Take("{t}:key:a", key), Take("{t}:tenant", tenant)]) is None
-    refusal = buckets.take([Take("{t}:key:a", key), Take("{t}:tenant", tenant)])
-    assert refusal is not None and refusal.rule is tenant
+    key = refuse_a_check_by_its_tenant(buckets)
     # the key's bucket was not charged by the refused check: 4 left of 5
     for _ in range(4):
         assert buckets.take([Take("{t}:key:a", key)]) is None

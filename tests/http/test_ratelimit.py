@@ -262,6 +262,19 @@ def race_for_ten_tokens(first: Buckets, second: Buckets) -> None:
     assert refusal is not None and 0 < refusal.wait_s <= 1.5  # one token a second
 
 
+def refuse_a_check_by_its_tenant(buckets: Buckets) -> Rule:
+    """A key's bucket of 5 and its tenant's of 1 taken together twice: the second check is
+    refused by the tenant's; returns the key's rule (the refused check took none of its tokens,
+    the caller checks that 4 are left)."""
+    key = Rule.make("key", 600, 5, "rate_limited", "key")
+    tenant = Rule.make("tenant", 60, 1, "tenant_rate_limited", "tenant")
+    assert key and tenant
+    assert buckets.take([Take("{t}:key:a", key), Take("{t}:tenant", tenant)]) is None
+    refusal = buckets.take([Take("{t}:key:a", key), Take("{t}:tenant", tenant)])
+    assert refusal is not None and refusal.rule is tenant
+    return key
+
+
 def _redis_buckets(redis_url: str) -> RedisBuckets:
     return RedisBuckets(redis_url, prefix=unique_prefix())
 
@@ -278,12 +291,7 @@ def test_redis_take_is_all_or_nothing_and_expires(redis_url: str) -> None:
     import redis
 
     buckets = _redis_buckets(redis_url)
-    key = Rule.make("key", 600, 5, "rate_limited", "key")
-    tenant = Rule.make("tenant", 60, 1, "tenant_rate_limited", "tenant")
-    assert key and tenant
-    assert buckets.take([Take("{t}:key:a", key), Take("{t}:tenant", tenant)]) is None
-    refusal = buckets.take([Take("{t}:key:a", key), Take("{t}:tenant", tenant)])
-    assert refusal is not None and refusal.rule is tenant
+    refuse_a_check_by_its_tenant(buckets)
     r = redis.Redis.from_url(redis_url)
     assert float(r.hget(f"{buckets.prefix}{{t}}:key:a", "tokens")) == pytest.approx(4.0, abs=0.2)
     ttl_ms = r.pttl(f"{buckets.prefix}{{t}}:tenant")
