@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -191,21 +191,15 @@ def preprocess(img: Image.Image, pretrained_cfg: dict[str, Any]) -> torch.Tensor
     left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
     img = img.crop((left, top, left + out_w, top + out_h))
     x = np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1), dtype=np.float32)  # (3, H, W)
-    mean, std = _mean_std(pretrained_cfg)
     x /= np.float32(255.0)
-    x -= mean
-    x /= std
-    return torch.from_numpy(x)
+    return torch.from_numpy(_standardize(x, *_mean_std(pretrained_cfg)))
 
 
 _MEAN_STD: dict[tuple[tuple[float, ...], tuple[float, ...]], tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _mean_std(pretrained_cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """`normalize`'s arithmetic in numpy for one served image: the same float32 operations in the
-    same order (x / 255, - mean, / std, each rounded once), so the same bits as `normalize`
-    (tests/extractor/test_imaging.py checks every 8-bit value), without torch's per-call
-    dispatch and thread pool, which cost ~20x the arithmetic on a busy 2-core host."""
+    """`pretrained_cfg`'s mean and std as float32 (C, 1, 1) arrays, made once per pair."""
     key = (tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"]))
     found = _MEAN_STD.get(key)
     if found is None:
@@ -217,15 +211,29 @@ def _mean_std(pretrained_cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return found
 
 
+_Array = TypeVar("_Array", np.ndarray, torch.Tensor)
+
+
+def _standardize(x: _Array, mean: _Array, std: _Array) -> _Array:
+    """Per channel `(x - mean) / std`, in place on `x`: the one place of the arithmetic, for a
+    numpy array (`preprocess`: one served image, without torch's per-call dispatch and thread
+    pool) and a torch tensor (`normalize`) alike, so both give the same bits
+    (tests/extractor/test_imaging.py checks every 8-bit value)."""
+    x -= mean
+    x /= std
+    return x
+
+
 def normalize(images: torch.Tensor, pretrained_cfg: dict[str, Any]) -> torch.Tensor:
     """RGB in [0, 1], channels first ((3, H, W) or (B, 3, H, W)) -> network input.
 
-    Per channel `(x - mean) / std` with the architecture's `pretrained_cfg`; the one place that
-    does it, for served images (`preprocess`), distillation views and BN calibration alike.
+    Per channel `(x - mean) / std` with the architecture's `pretrained_cfg`, for tensors on any
+    device (distillation views, BN calibration); `preprocess` normalises a served image with the
+    same `_mean_std` and `_standardize` in numpy. `images` is not modified.
     """
-    mean = torch.tensor(pretrained_cfg["mean"], device=images.device).view(-1, 1, 1)
-    std = torch.tensor(pretrained_cfg["std"], device=images.device).view(-1, 1, 1)
-    return (images - mean) / std
+    mean, std = (torch.from_numpy(c).to(images.device) for c in _mean_std(pretrained_cfg))
+    x = images.to(torch.promote_types(images.dtype, mean.dtype), copy=True)
+    return _standardize(x, mean, std)
 
 
 def load_tensor(
