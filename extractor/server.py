@@ -231,7 +231,7 @@ def create_app(
         if waiting + len(files) > batcher.capacity:
             return busy(f"inference queue is full ({waiting}/{batcher.capacity})")
         try:
-            # Headers only (~10 us an image): a few inline, a large request off the loop.
+            # Headers only, cheap per image: a few inline, a large request off the loop.
             if len(files) <= INLINE_HEADER_CHECKS:
                 total = request_pixels(files, max_pixels)
             else:
