@@ -27,15 +27,17 @@ BIDI_CONTROLS = frozenset(
 _LINE_BREAKS = frozenset("\n\t")
 
 
+def is_control(ch: str, *, allow_line_breaks: bool = False) -> bool:
+    """Whether the character `ch` is a control character: C0, DEL, C1, line/paragraph
+    separators, bidi controls. With `allow_line_breaks`, newline and tab are not (CR still is)."""
+    if allow_line_breaks and ch in _LINE_BREAKS:
+        return False
+    return ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+
+
 def first_control(text: str, *, allow_line_breaks: bool = False) -> str | None:
-    """The first forbidden character of `text` (C0, DEL, C1, line/paragraph separators, bidi
-    controls), or None. With `allow_line_breaks`, newline and tab are allowed (not CR)."""
-    for ch in text:
-        if allow_line_breaks and ch in _LINE_BREAKS:
-            continue
-        if ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
-            return ch
-    return None
+    """The first character of `text` that `is_control`, or None."""
+    return next((ch for ch in text if is_control(ch, allow_line_breaks=allow_line_breaks)), None)
 
 
 def _checker(allow_line_breaks: bool):  # type: ignore[no-untyped-def]
@@ -57,14 +59,3 @@ def _checker(allow_line_breaks: bool):  # type: ignore[no-untyped-def]
 SafeName = Annotated[str, AfterValidator(_checker(False))]
 # Free text (descriptions): newlines and tabs allowed, nothing else of the kind.
 SafeText = Annotated[str, AfterValidator(_checker(True))]
-
-
-def strip_controls(text: str, *, allow_line_breaks: bool = False) -> str:
-    """`text` without the characters `first_control` refuses (for text that is not refused, like
-    a client's file name, which is only ever displayed)."""
-    return "".join(
-        ch
-        for ch in text
-        if (allow_line_breaks and ch in _LINE_BREAKS)
-        or not (ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp"))
-    )

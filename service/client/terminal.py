@@ -4,7 +4,6 @@ failures printed as one sentence, and the formatting of numbers."""
 from __future__ import annotations
 
 import functools
-import unicodedata
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -14,9 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from service.client.http import ApiClient, CliError
-from service.text import BIDI_CONTROLS
-
-_KEEP = frozenset("\n\t")
+from service.text import is_control
 
 
 def printable(value: object) -> str:
@@ -24,20 +21,18 @@ def printable(value: object) -> str:
     and tab, DEL, C1, line separators, bidi overrides) is shown as its escape (`\\x1b`)."""
     out = []
     for ch in str(value):
-        if ch in _KEEP or not (
-            ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp")
-        ):
-            out.append(ch)
-        else:
+        if is_control(ch, allow_line_breaks=True):
             out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
     return "".join(out)
 
 
 class SafeConsole(Console):
     """A console for text from the server, which other tenants wrote (a public head's
     description, labels, names): no Rich markup, no emoji codes, and every control character
-    shown escaped instead of sent (docs/threats.md, "stored text"). Styles come only from
-    `styled`, never from inside a string."""
+    shown escaped instead of sent (docs/threats.md, "Stored text shown to other people"). Styles
+    come only from `styled`, never from inside a string."""
 
     def __init__(self, **kw: Any) -> None:
         kw.setdefault("markup", False)
