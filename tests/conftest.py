@@ -55,17 +55,33 @@ def no_listener_outlives_its_module() -> Iterator[None]:
     assert not leaked, f"an app's lifespan never ended: {sorted(t.name for t in leaked)}"
 
 
+@contextlib.contextmanager
+def _torch_on_one_thread() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Every test runs torch on one intra-op thread, as `headhub worker` trains a job: on a
     shared 2-core machine, OpenMP threads spin-waiting against each other make tiny models many
     times slower."""
-    import torch
+    with _torch_on_one_thread():
+        yield
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+@pytest.fixture(scope="module")
+def one_torch_thread_for_module() -> Iterator[None]:
+    """`one_torch_thread` for a module-scoped fixture that runs torch itself (the autouse one
+    starts with each test, after module-scoped fixtures): request it from that fixture."""
+    with _torch_on_one_thread():
+        yield
 
 
 def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:

@@ -22,20 +22,17 @@ TINY_ARCH = {"input_size": 32, "widths": (8, 16), "depths": (1, 1)}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def shared_teacher() -> Iterator[None]:
-    """One teacher for the module, and one torch thread (the suite runs beside other work)."""
+def shared_teacher(one_torch_thread_for_module: None) -> Iterator[None]:
+    """One teacher for the module, loaded on one torch thread like every test."""
     import extractor.distill.targets as targets_mod
     import extractor.distill.train as train_mod
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     teacher = train_mod.load_teacher("cpu", fold_bn=True)
     mp = pytest.MonkeyPatch()
     for mod in (train_mod, targets_mod):
         mp.setattr(mod, "load_teacher", lambda device="cpu", fold_bn=False: teacher)
     yield
     mp.undo()
-    torch.set_num_threads(threads)
 
 
 def _corpus(tmp: Path, **kw: object) -> CorpusConfig:
