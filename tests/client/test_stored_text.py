@@ -1,4 +1,5 @@
-"""Text another tenant wrote never drives the terminal (docs/threats.md, "stored text").
+"""Text another tenant wrote never drives the terminal
+(docs/threats.md, "Stored text shown to other people").
 
 The server refuses control characters in new text, but the client cannot trust that every
 string it prints passed that check (rows stored before it, an older or another server): a

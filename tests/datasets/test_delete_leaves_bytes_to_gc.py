@@ -1,5 +1,5 @@
 """Deleting a dataset leaves the image bytes to `headhub gc` and its grace period
-(docs/threats.md, "shared blobs").
+(docs/threats.md, "Storage, secrets, headers and dependencies").
 
 Blobs are content-addressed and shared between tenants. Deleting them as soon as no committed
 row referred to them raced another tenant's upload of the same bytes: its blob written, its row

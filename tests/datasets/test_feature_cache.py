@@ -207,7 +207,8 @@ def test_a_fresh_upload_does_not_reveal_another_tenants_identical_bytes(
 ) -> None:
     """The cache is shared by content, `features_ready` is not: a tenant's upload of bytes
     another tenant featurized shows 0 until its own featurizing covers them, which computes them
-    again (so the time it takes tells nothing either) (docs/threats.md, "disclosure")."""
+    again (so the time it takes tells nothing either)
+    (docs/threats.md, "What one tenant learns about others, and about the service")."""
     a, b = make_tenant("priv-a"), make_tenant("priv-b")
     shared = makers.png(color=(17, 171, 71))
     sm, blobs = app.state.sessionmaker, app.state.blobs

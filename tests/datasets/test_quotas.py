@@ -1,5 +1,5 @@
 """Caps on what one tenant stores: bytes per image, image bytes per tenant, labels per dataset,
-datasets per tenant, each held when requests race (docs/threats.md, "caps")."""
+datasets per tenant, each held when requests race (docs/threats.md, "Caps per tenant")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Slow uploads against a real uvicorn: a tenant trickling bodies does not stall the others
-(docs/threats.md, "slow bodies").
+(docs/threats.md, "Slow and large bodies").
 
 An upload used to read its body inside the request's transaction: on SQLite (every transaction
 BEGIN IMMEDIATE) one upload at 1 byte/s locked every other tenant out until the busy timeout (30

@@ -1,6 +1,7 @@
 """No installed package is a release with a known vulnerability, and no floor in pyproject.toml
-admits one (docs/threats.md, "dependencies"). Offline: the advisories are vendored in
-advisories.toml; test_pip_audit.py asks a live service where one answers."""
+admits one (docs/threats.md, "Storage, secrets, headers and dependencies"). Offline: the
+advisories are vendored in advisories.toml; test_pip_audit.py asks a live service where one
+answers."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """pip-audit of the installed environment, wherever a vulnerability service answers
-(docs/threats.md, "dependencies").
+(docs/threats.md, "Storage, secrets, headers and dependencies").
 
 pip-audit asks PyPI's per-release JSON (or OSV) about every installed release. On a machine that
 reaches only a package index (as this project's build machines do: the index answers 404 for a

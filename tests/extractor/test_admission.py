@@ -1,4 +1,4 @@
-"""Extractor work is not amplified (docs/threats.md, "extractor work"): a pixel budget per
+"""Extractor work is not amplified (docs/threats.md, "Extractor work"): a pixel budget per
 request, decoding bounded and counted in load shedding, no work for a client that left, and no
 retry of a large batch that timed out."""
 

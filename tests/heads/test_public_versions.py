@@ -1,5 +1,6 @@
 """A public head shows other tenants what it predicts and how well, not the owner's data
-(docs/threats.md, "disclosure"): no dataset or job ids, no per-class image counts."""
+(docs/threats.md, "What one tenant learns about others, and about the service"): no dataset or job
+ids, no per-class image counts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Unauthenticated probes cost no query per hit (docs/threats.md, "probes"): /readyz and
+"""Unauthenticated probes cost no query per hit
+(docs/threats.md, "What one tenant learns about others, and about the service"): /readyz and
 /metrics reuse their database and extractor answers for HEADHUB_PROBE_CACHE_S."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Stored text that other people see holds no control characters, and names are whole-string
-matches (docs/threats.md, "stored text")."""
+matches (docs/threats.md, "Stored text shown to other people")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""What the extractor knows about itself stays inside (docs/threats.md, "disclosure"): the
-public `GET /v1/extractor` passes on only its public fields, and a 502 does not name the
-replica that failed."""
+"""What the extractor knows about itself stays inside
+(docs/threats.md, "What one tenant learns about others, and about the service"): the public
+`GET /v1/extractor` passes on only its public fields, and a 502 does not name the replica that
+failed."""
 
 from __future__ import annotations
 
