@@ -500,7 +500,7 @@ def test_retiring_is_refused_while_in_use_then_its_heads_answer_410(
     r = predict(client, a.predict_headers, "x1:1")
     assert (r.status_code, r.json()["code"]) == (410, "extractor_retired")
     assert r.json()["replacement"] == f"{a.name}/x1:2"
-    r = predict(client, a.predict_headers, "t2:2")  # no newer version on an active extractor
+    r = predict(client, a.predict_headers, "t2:2")  # its newer version :3 is on an active one
     assert r.status_code == 410 and r.json()["replacement"] == f"{a.name}/t2:3"
     assert predict(client, a.predict_headers, "x1").status_code == 200  # production: tiny
     r = client.post(

@@ -1,7 +1,7 @@
 // Building DOM without markup strings: every string becomes a text node or an attribute value,
 // so a tenant's names, labels, descriptions and filenames can never turn into elements or script.
 // Nothing in the console uses innerHTML, insertAdjacentHTML, document.write or eval
-// (tests/console/test_static.py checks the sources).
+// (tests/console/test_serving.py checks the sources).
 
 const PROPS = new Set(["value", "checked", "disabled", "selected", "hidden", "required",
   "multiple", "readOnly", "indeterminate"]);
