@@ -1,6 +1,6 @@
-"""Jobs cannot hold a worker for ever or leak internals (docs/threats.md, "jobs"): bounded
-epochs, a wall clock per attempt, caps on labels and heads, and `error` as a code and a sentence
-of ours."""
+"""Jobs cannot hold a worker for ever or leak internals (docs/threats.md, "Caps per tenant"
+and "What one tenant learns about others, and about the service"): bounded epochs, a wall clock
+per attempt, caps on labels and heads, and `error` as a code and a sentence of ours."""
 
 from __future__ import annotations
 

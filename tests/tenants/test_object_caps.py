@@ -1,6 +1,6 @@
-"""Objects per tenant are capped, also when requests race (docs/threats.md, "caps"): keys
-(an owner could mint them without end), aliases. Datasets: tests/datasets/test_quotas.py;
-heads: tests/jobs/test_limits.py."""
+"""Objects per tenant are capped, also when requests race
+(docs/threats.md, "Caps per tenant"): keys (an owner could mint them without end), aliases.
+Datasets: tests/datasets/test_quotas.py; heads: tests/jobs/test_limits.py."""
 
 from __future__ import annotations
 
