@@ -98,7 +98,7 @@ def _check_batch(batch: Any, n: int) -> None:
 
 def check_budget(parts: list[tuple[str, bytes]], settings: Any) -> None:
     """Bytes per image and declared pixels per request, from the headers alone, before the
-    extractor is asked to decode anything (docs/threats.md, "extractor work")."""
+    extractor is asked to decode anything (docs/threats.md, "Extractor work")."""
     from extractor.admission import over_budget, request_pixels
     from extractor.imaging import ImageRejected
 
