@@ -4,14 +4,17 @@ per attempt, caps on labels and heads, and `error` as a code and a sentence of o
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from service.db import session_scope
+from service.jobs import worker as worker_module
 from service.jobs.tables import Job
 from service.jobs.worker import Worker
 from service.settings import Settings
@@ -20,6 +23,7 @@ from tests.jobs.conftest import FAST_QUEUE, QUICK
 from tests.jobs.helpers import FakeExtractor, add_job, job_row, seed_dataset, versions_of_job
 
 MAX_LABELS = 3
+MAX_HEADS = 2
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ def settings(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
         db_url,
         **FAST_QUEUE,
         max_labels_per_dataset=MAX_LABELS,
-        max_heads_per_tenant=2,
+        max_heads_per_tenant=MAX_HEADS,
         job_max_epochs=500,
     )
 
@@ -153,3 +157,41 @@ def test_heads_per_tenant_are_capped(client: TestClient, factory, make_tenant) -
     assert make_worker(client).run_once()
     job = job_row(factory, job_id)
     assert job.status == "failed" and (job.error or "").startswith("head_quota_exceeded: ")
+
+
+def test_heads_per_tenant_are_capped_when_workers_register_in_parallel(
+    client: TestClient, factory, make_tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight workers finish eight jobs for eight new heads at once: the count and the new head
+    are serialised by the tenant's lock (on PostgreSQL; SQLite's `BEGIN IMMEDIATE` serialises
+    every writer), so exactly the cap registers and the others fail `head_quota_exceeded`
+    (the 409 the API answers), not retried."""
+    t = make_tenant("heads-race")
+    ds = seed_dataset(factory, t.id)
+    drain(factory)
+    jobs = [add_job(factory, t.id, ds, head=f"h{i}", params=QUICK) for i in range(8)]
+    workers = [make_worker(client) for _ in jobs]
+    # The trainings end together (no transaction is open then), so the registrations race.
+    trained_together = threading.Barrier(len(workers))
+    train = worker_module.train_head
+
+    def train_then_wait(*args: object, **kwargs: object) -> object:
+        trained = train(*args, **kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            trained_together.wait(timeout=120)  # broken only if a worker failed before it
+        return trained
+
+    monkeypatch.setattr(worker_module, "train_head", train_then_wait)
+    with ThreadPoolExecutor(len(workers)) as pool:
+        ran = list(pool.map(lambda w: w.run_once(), workers))
+    assert all(ran), ran
+    rows = [job_row(factory, job_id) for job_id in jobs]
+    succeeded = [j for j in rows if j.status == "succeeded"]
+    assert len(succeeded) == MAX_HEADS, [(j.status, j.error) for j in rows]
+    refused = [j for j in rows if j.status != "succeeded"]
+    for job in refused:
+        assert job.status == "failed" and job.attempt == 1, (job.status, job.error)
+        assert (job.error or "").startswith("head_quota_exceeded: "), job.error
+    assert sum(versions_of_job(factory, j.id) for j in refused) == 0
+    listed = client.get("/v1/heads", headers=t.owner_headers).json()["items"]
+    assert len(listed) == MAX_HEADS, listed

@@ -76,3 +76,41 @@ def test_aliases_per_tenant_are_capped(client: TestClient, make_tenant, app) -> 
         f"/v1/heads/{t.name}/b/aliases/production", json={"version": 1}, headers=t.owner_headers
     )
     assert moved.status_code == 200  # moving an alias is no new object
+
+
+def test_aliases_per_tenant_are_capped_even_when_set_in_parallel(
+    client: TestClient, make_tenant, app
+) -> None:
+    """Twelve new aliases over three heads, eight requests at a time: the count and the insert
+    are serialised by the tenant's lock (on PostgreSQL; SQLite's `BEGIN IMMEDIATE` serialises
+    every writer), so exactly the cap is set and the others are 409 `alias_quota_exceeded`."""
+    t = make_tenant("alias-race")
+    heads = ("a", "b", "c")
+    for name in heads:
+        add_version(app, t.id, name)
+    wanted = [(head, f"alias{i}") for i in range(4) for head in heads]  # 12 new aliases
+
+    def put(i: int) -> int:
+        head, alias = wanted[i]
+        r = client.put(
+            f"/v1/heads/{t.name}/{head}/aliases/{alias}",
+            json={"version": 1},
+            headers=t.owner_headers,
+        )
+        assert r.status_code in (200, 409), r.text
+        if r.status_code == 409:
+            assert r.json()["code"] == "alias_quota_exceeded", r.text
+        return r.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(put, range(len(wanted))))
+    assert codes.count(200) == MAX_ALIASES, codes
+    assert codes.count(409) == len(wanted) - MAX_ALIASES, codes
+    stored = [
+        alias
+        for head in heads
+        for alias in client.get(f"/v1/heads/{t.name}/{head}", headers=t.owner_headers).json()[
+            "aliases"
+        ]
+    ]
+    assert len(stored) == MAX_ALIASES, stored
