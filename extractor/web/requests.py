@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-ID"
 UNMATCHED = "<unmatched>"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 request_id_var: ContextVar[str | None] = ContextVar("headhub_request_id", default=None)
 access_log = logging.getLogger("headhub.access")
 
@@ -35,6 +35,13 @@ Observe = Callable[[str, str, int, float], None]
 def current_request_id() -> str | None:
     """The id of the request being served (pass it to the extractor client)."""
     return request_id_var.get()
+
+
+def valid_request_id(value: str) -> bool:
+    """Whether an incoming id is short and plain enough to echo and to log, checked whole:
+    `re.match` with `$` also accepts a trailing newline, which would then be echoed in a header
+    and written into log lines (docs/threats.md, "Stored text shown to other people")."""
+    return _VALID_REQUEST_ID.fullmatch(value) is not None
 
 
 def _route_template(scope: Scope) -> str:
@@ -60,7 +67,7 @@ class RequestContextMiddleware:
             return
         incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.lower().encode())
         rid = incoming.decode("latin-1") if incoming else ""
-        if not _VALID_REQUEST_ID.match(rid):
+        if not valid_request_id(rid):
             rid = uuid.uuid4().hex
         token = request_id_var.set(rid)
         status = 500

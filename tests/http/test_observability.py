@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
 from extractor.web.logs import JsonFormatter
-from extractor.web.requests import request_id_var
+from extractor.web.requests import RequestContextMiddleware, request_id_var, valid_request_id
 from service.http.prometheus import JobsCollector
 
 
@@ -47,6 +49,41 @@ def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
     assert len(generated) == 32
     evil = client.get("/healthz", headers={"X-Request-ID": "x" * 500})
     assert evil.headers["X-Request-ID"] != "x" * 500  # no unbounded ids in our logs
+
+
+def test_request_ids_are_checked_whole() -> None:
+    """`re.match` with `$` took "abc-123\\n": the newline went on into the echoed header and
+    every log line of the request (docs/threats.md, "Stored text shown to other people")."""
+    assert valid_request_id("abc-123") and valid_request_id("a.b:c_d-" + "x" * 56)
+    assert not valid_request_id("abc-123\n")
+    assert not valid_request_id("\nabc-123") and not valid_request_id("abc\n123")
+    assert not valid_request_id("") and not valid_request_id("x" * 65)
+    assert not valid_request_id("abc 123") and not valid_request_id("abc\r")
+
+
+def test_an_incoming_id_with_a_trailing_newline_is_replaced() -> None:
+    """The middleware itself, over raw ASGI (an HTTP client refuses to send such a header)."""
+    sent: list[dict[str, object]] = []
+
+    async def app(scope: object, receive: object, send: Callable[..., Awaitable[None]]) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/healthz",
+        "headers": [(b"x-request-id", b"abc-123\n")],
+    }
+    asyncio.run(RequestContextMiddleware(app)(scope, receive, send))  # type: ignore[arg-type]
+    echoed = dict(sent[0]["headers"])[b"X-Request-ID"]  # type: ignore[call-overload]
+    assert echoed != b"abc-123\n" and valid_request_id(echoed.decode())
 
 
 def test_metrics_expose_database_backed_and_cache_families(client: TestClient) -> None:
