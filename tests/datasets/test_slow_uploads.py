@@ -4,9 +4,10 @@
 An upload used to read its body inside the request's transaction: on SQLite (every transaction
 BEGIN IMMEDIATE) one upload at 1 byte/s locked every other tenant out until the busy timeout (30
 s, then 503); on PostgreSQL twenty of them held the whole connection pool. Here 25 uploads
-trickle their bodies while another tenant lists, creates and uploads; each of its requests must
-be answered within a second (the issue's bound; the assertion allows 3 s for a loaded 2-core CI
-machine, against the 30 s a stalled tenant waited before).
+trickle their bodies while another tenant lists, creates and uploads, and its requests are
+answered within a second: the median of its call times must be under `MEDIAN_BOUND_S` (1 s),
+and every single call under `BOUND_S` (3 s, room for a call delayed by a loaded 2-core CI
+machine), against the 30 s a stalled tenant waited before.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
+import statistics
 import threading
 import time
 import uuid
@@ -31,7 +33,8 @@ from tests.conftest import ADMIN_HEADERS, make_settings
 from tests.fixtures.processes import free_port
 
 SLOW_UPLOADS = 25  # more than the PostgreSQL pool (10 + 10 overflow)
-BOUND_S = 3.0
+MEDIAN_BOUND_S = 1.0  # the typical call of another tenant
+BOUND_S = 3.0  # the slowest one, on a loaded CI host
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +148,7 @@ def test_trickled_uploads_do_not_stall_other_tenants(server_url: str) -> None:
                 )
                 assert up.status_code == 200 and up.json()["added"] == 1, up.text
             print({k: round(v, 3) for k, v in timings.items()})
+            assert statistics.median(timings.values()) < MEDIAN_BOUND_S, timings
             assert max(timings.values()) < BOUND_S, timings
             # the slow uploads are still open: nothing above waited for them to end
             assert trickler.thread.is_alive()
