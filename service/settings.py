@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     worker_grace_s: float = 30.0
     # Intra-op threads per training job; concurrency, not threads, is what scales heads.
     worker_torch_threads: int = 1
+    # `headhub worker` serves /healthz and /readyz on this port (all interfaces); 0: no server.
+    worker_health_port: int = Field(default=0, ge=0, le=65535)
 
     # --- bounded work per tenant (docs/threats.md) ---
     # Bodies: a request that carries one is authenticated before a byte of it is read, then held

@@ -117,6 +117,16 @@ def migrate() -> None:
 @app.command(rich_help_panel=SERVER)
 def worker(
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="jobs trained at once")] = 1,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="serve /healthz and /readyz on this port (0: none; default "
+            "HEADHUB_WORKER_HEALTH_PORT)",
+        ),
+    ] = None,
+    health_host: Annotated[str, typer.Option(help="interface of the health port")] = "0.0.0.0",
 ) -> None:
     """Training worker: claims queued jobs, trains heads, registers versions. SIGTERM drains."""
     from service.jobs.worker import main as run_worker
@@ -124,7 +134,10 @@ def worker(
 
     settings = get_settings()
     configure_logging("worker", level=settings.log_level, fmt=settings.log_format)
-    raise typer.Exit(run_worker(settings, concurrency=concurrency))
+    code = run_worker(
+        settings, concurrency=concurrency, health_port=health_port, health_host=health_host
+    )
+    raise typer.Exit(code)
 
 
 @app.command(rich_help_panel=SERVER)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,12 @@ class JobHeartbeat:
         lease_s: float,
         handback: threading.Event | None = None,
         max_runtime_s: float | None = None,
+        on_beat: Callable[[bool], None] | None = None,
     ) -> None:
         self.factory, self.job = factory, job
+        # Told after every beat whether the database took it (the worker's probes:
+        # service/jobs/health.py): a beating thread is a live worker, however long the job.
+        self.on_beat = on_beat
         self.interval, self.lease_s = interval, lease_s
         self.handback = handback or threading.Event()
         self.cancel_requested = threading.Event()
@@ -85,10 +90,13 @@ class JobHeartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.beat()
+            ok = self.beat()
+            if self.on_beat is not None:
+                self.on_beat(ok)
 
-    def beat(self) -> None:
-        """One fenced write: lease, progress, the history so far; read the cancel flag."""
+    def beat(self) -> bool:
+        """One fenced write: lease, progress, the history so far; read the cancel flag. False
+        when the database did not answer."""
         with self._lock:
             progress, history = self._progress, list(self._history)
         try:
@@ -104,11 +112,12 @@ class JobHeartbeat:
                 )
         except Exception as exc:  # the database is briefly away: keep training, try again
             log.warning("heartbeat of job %s failed: %s", self.job.id, exc)
-            return
+            return False
         if cancel is None:
             self.lost.set()
         elif cancel:
             self.cancel_requested.set()
+        return True
 
     # -- hooks handed to ensure_features and train_head ----------------------------------------
 

@@ -9,6 +9,10 @@ the commit leaves neither, and the retry registers the only version.
 
 SIGTERM/SIGINT: stop claiming; a running job gets `worker_grace_s` to finish, then is handed back
 to the queue (not counted as a failed attempt); the process exits 0.
+
+Each claim loop records its progress (every poll, and every heartbeat of the job it runs) in
+`self.health`, which `HEADHUB_WORKER_HEALTH_PORT` serves as /healthz and /readyz
+(service/jobs/health.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from service.db import make_engine, make_sessionmaker, session_scope, utcnow
 from service.errors import HeadhubError
 from service.http.invalidation import bind_sessionmaker
 from service.jobs import repository as repo
+from service.jobs.health import WorkerHealth, serve_health, stale_after_s
 from service.jobs.runtime import ClaimedJob, JobHeartbeat, LeaseLost
 from service.jobs.service import backoff_s
 from service.jobs.tables import JobStatus
@@ -79,6 +84,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()  # no new claims
         self.handback = threading.Event()  # running jobs give their lease back now
+        self.health = WorkerHealth(stale_after_s(settings))
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -105,20 +111,25 @@ class Worker:
             self.handback.set()  # a second signal: hand back at once
             return
         self.stopping.set()
+        self.health.stopping()
         timer = threading.Timer(self.settings.worker_grace_s, self.handback.set)
         timer.daemon = True
         timer.start()
 
     def _loop(self, index: int) -> None:
         worker_id = f"{self.name}:{index}"
-        while not self.stopping.is_set():
-            try:
-                ran = self.run_once(worker_id)
-            except Exception:  # the database is away: log, wait, try again
-                log.exception("worker %s: claim failed", worker_id)
-                ran = False
-            if not ran:
-                self.stopping.wait(self.settings.worker_poll_s)
+        self.health.loop_started(worker_id)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    ran = self.run_once(worker_id)
+                except Exception:  # the database is away: log, wait, try again
+                    log.exception("worker %s: claim failed", worker_id)
+                    ran = False
+                if not ran:
+                    self.stopping.wait(self.settings.worker_poll_s)
+        finally:
+            self.health.loop_ended(worker_id, clean=self.stopping.is_set())
 
     # -- one job ----------------------------------------------------------------------------
 
@@ -152,15 +163,22 @@ class Worker:
 
     def run_once(self, worker_id: str | None = None) -> bool:
         """Claim and run one job; False when nothing was claimable."""
-        job = self.claim(worker_id or f"{self.name}:0")
+        worker_id = worker_id or f"{self.name}:0"
+        try:
+            job = self.claim(worker_id)
+        except Exception:
+            self.health.progress(worker_id, database_ok=False)
+            raise
+        self.health.progress(worker_id, database_ok=True)
         if job is None:
             return False
         log.info("job %s attempt %d claimed", job.id, job.attempt)
-        self.execute(job)
+        self.execute(job, worker_id)
         return True
 
-    def execute(self, job: ClaimedJob) -> None:
+    def execute(self, job: ClaimedJob, worker_id: str | None = None) -> None:
         s = self.settings
+        loop = worker_id or f"{self.name}:0"
         hb = JobHeartbeat(
             self.factory,
             job,
@@ -168,6 +186,8 @@ class Worker:
             lease_s=s.job_lease_s,
             handback=self.handback,
             max_runtime_s=s.job_max_runtime_s,
+            # the job's heartbeats are its loop's progress: a long job keeps /healthz 200
+            on_beat=lambda ok: self.health.progress(loop, database_ok=ok),
         )
         try:
             with hb:
@@ -385,13 +405,29 @@ def _describe(exc: BaseException) -> str:
     return f"{code}: {text}"[:2000]
 
 
-def main(settings: Settings, concurrency: int = 1) -> int:
-    """Entry point of `headhub worker`: returns the exit code (0 after a clean drain)."""
+def main(
+    settings: Settings,
+    concurrency: int = 1,
+    *,
+    health_port: int | None = None,
+    health_host: str = "0.0.0.0",  # probes come from the kubelet, not from loopback
+) -> int:
+    """Entry point of `headhub worker`: returns the exit code (0 after a clean drain).
+
+    `health_port` (default `HEADHUB_WORKER_HEALTH_PORT`; 0: none) serves /healthz and /readyz
+    from a daemon thread for as long as the loops run."""
     import faulthandler
 
     import torch
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack
     torch.set_num_threads(max(1, settings.worker_torch_threads))
-    Worker(settings, concurrency=concurrency).run()
+    worker = Worker(settings, concurrency=concurrency)
+    port = settings.worker_health_port if health_port is None else health_port
+    server = serve_health(worker.health, health_host, port) if port else None
+    try:
+        worker.run()
+    finally:
+        if server is not None:
+            server.close()
     return 0

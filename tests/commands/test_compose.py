@@ -84,7 +84,7 @@ def test_production_shape(config: dict[str, Any]) -> None:
             "service_completed_successfully"
         )
     assert services["api"]["environment"]["HEADHUB_REDIS_URL"] == "redis://redis:6379/0"
-    for name in ["api", *extractors]:
+    for name in ["api", *extractors, *workers]:
         assert "test" in services[name]["healthcheck"], name
 
 
@@ -181,6 +181,22 @@ def test_every_headhub_variable_is_a_setting_and_parses(raw: dict[str, Any]) -> 
                 if k not in NOT_SETTINGS
             }
             Settings(**kwargs)  # every value parses (a misspelt literal fails here)
+
+
+def test_each_worker_healthcheck_reads_its_own_probe_port(raw: dict[str, Any]) -> None:
+    from service.settings import Settings
+
+    workers = {
+        n: s for n, s in raw["services"].items() if (s.get("command") or [""])[0] == "worker"
+    }
+    assert workers
+    for name, service in workers.items():
+        port = Settings(
+            worker_health_port=_env(service)["HEADHUB_WORKER_HEALTH_PORT"]
+        ).worker_health_port
+        assert port, f"{name}: no probe server"
+        test = " ".join(service["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{port}/healthz" in test, name
 
 
 def test_blobs_live_in_the_object_store_and_limits_in_redis(raw: dict[str, Any]) -> None:

@@ -132,10 +132,10 @@ def schema_problems(objects: list[dict[str, Any]], version: str) -> list[str]:
     return problems
 
 
-def probe_problems(r: Rendered) -> list[str]:
-    """API and extractor: liveness /healthz and readiness /readyz on a declared port."""
+def probe_problems(r: Rendered, components: tuple[str, ...] = ("api", "extractor")) -> list[str]:
+    """Each component: startup and liveness /healthz, readiness /readyz, on a declared port."""
     problems = []
-    for component in ("api", "extractor"):
+    for component in components:
         (c,) = r.get("Deployment", full(component))["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
         for probe, path in (

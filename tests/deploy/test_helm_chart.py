@@ -138,12 +138,24 @@ def test_api_and_extractor_probe_healthz_and_readyz(shape: tuple[str, Rendered])
     assert probe_problems(r) == []
 
 
-def test_the_worker_has_no_port_and_no_invented_probe(default: Rendered) -> None:
-    # `headhub worker` serves no HTTP; the template says why there is no probe.
-    c = container(default, "worker")
-    assert "ports" not in c
-    assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(c)
-    assert "No probes" in (CHART / "templates" / "worker-deployment.yaml").read_text()
+def test_the_worker_probes_healthz_and_readyz_on_its_health_port(
+    shape: tuple[str, Rendered],
+) -> None:
+    _, r = shape
+    assert probe_problems(r, ("worker",)) == []
+    # The port probed is the one `headhub worker` serves on: HEADHUB_WORKER_HEALTH_PORT.
+    c = container(r, "worker")
+    (port,) = c["ports"]
+    assert port["name"] == c["livenessProbe"]["httpGet"]["port"] == "health"
+    assert env_of(c)["HEADHUB_WORKER_HEALTH_PORT"] == {
+        "name": "HEADHUB_WORKER_HEALTH_PORT",
+        "value": str(port["containerPort"]),
+    }
+    moved = render(merge(REQUIRED, {"worker": {"healthPort": 9100}}))
+    c = container(moved, "worker")
+    assert c["ports"][0]["containerPort"] == 9100
+    assert env_of(c)["HEADHUB_WORKER_HEALTH_PORT"]["value"] == "9100"
+    assert probe_problems(moved, ("worker",)) == []
 
 
 def test_every_container_is_non_root_read_only_and_bounded(shape: tuple[str, Rendered]) -> None:
@@ -268,6 +280,7 @@ STRUCTURED = {
     "extractor_urls": "the extractor Service",
     "blob_dir": "blobs.dir",
     "blob_url": "blobs.s3.url",
+    "worker_health_port": "worker.healthPort",
 }
 
 
@@ -490,6 +503,8 @@ def test_gc_runs_one_at_a_time(default: Rendered) -> None:
         ({"config": {"HEADHUB_DATABASE_URL": DATABASE_URL}}, "secrets.databaseUrl"),
         ({"config": {"HEADHUB_KEY_PEPPER": "x"}}, "secrets.keyPepper"),
         ({"config": {"HEADHUB_EXTRACTOR_URLS": "http://x"}}, "extractor.urls"),
+        ({"config": {"HEADHUB_WORKER_HEALTH_PORT": "0"}}, "worker.healthPort"),
+        ({"worker": {"healthPort": 0}}, "'/worker/healthPort': minimum"),
         ({"config": {"LOG_LEVEL": "x"}}, "only HEADHUB_"),
         ({"extractor": {"enabled": False}}, "extractor.urls"),
     ],

@@ -97,7 +97,8 @@ template that depends on them.
   "HEADHUB_DATA_DIR" "nothing: the chart mounts an emptyDir at /data"
   "HEADHUB_BLOB_DIR" "blobs.dir"
   "HEADHUB_BLOB_URL" "blobs.s3.url"
-  "HEADHUB_EXTRACTOR_URLS" "extractor.urls" }}
+  "HEADHUB_EXTRACTOR_URLS" "extractor.urls"
+  "HEADHUB_WORKER_HEALTH_PORT" "worker.healthPort" }}
 {{- range $k, $v := .Values.config }}
 {{- if hasKey $reserved $k }}
 {{- fail (printf "config.%s is set by the chart: use %s" $k (get $reserved $k)) }}
@@ -260,10 +261,13 @@ topologySpreadConstraints:
 {{- end }}
 {{- end }}
 
-{{/* An HTTP probe on the named port: (list "/healthz" .Values.api.livenessProbe). */}}
+{{/*
+An HTTP probe on a named port: (list "/healthz" .Values.api.livenessProbe) probes the port
+named http, (list "/healthz" $w.livenessProbe "health") the one named health.
+*/}}
 {{- define "headhub.httpProbe" -}}
 httpGet:
   path: {{ index . 0 }}
-  port: http
+  port: {{ if gt (len .) 2 }}{{ index . 2 }}{{ else }}http{{ end }}
 {{ toYaml (index . 1) }}
 {{- end }}
