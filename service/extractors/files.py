@@ -18,7 +18,8 @@ from service.storage.blobstore import BlobNotFound, make_blob_store
 
 def restore_registered_checkpoints(settings: Settings, directory: Path) -> int:
     """Write `<id>.safetensors` for every registered, not retired extractor that has a copy in
-    the blob store and no file in `directory`; returns how many were written."""
+    the blob store and no usable file in `directory` (none, or one whose bytes do not hash to
+    its name: the extractor would refuse it); returns how many were written."""
     directory.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     try:
@@ -34,7 +35,7 @@ def restore_registered_checkpoints(settings: Settings, directory: Path) -> int:
     written = 0
     for extractor_id, key in wanted:
         target = directory / checkpoint_file_name(extractor_id)
-        if target.exists():
+        if target.is_file() and checkpoint_id(target.read_bytes()) == extractor_id:
             continue
         try:
             data = blobs.get(key)
