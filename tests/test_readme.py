@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 from service.settings import Settings
@@ -43,14 +44,20 @@ def test_every_client_command_in_the_journey_exists() -> None:
         assert CliRunner().invoke(app, [name, "--help"]).exit_code == 0, name
 
 
+def upgrade_commands() -> list[list[str]]:
+    """The commands of "Upgrading the extractor" as a shell splits them, comments dropped;
+    tests/commands/test_up.py runs them as written on `headhub up`."""
+    section = README.split("## Upgrading the extractor", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    return [shlex.split(ln, comments=True) for ln in block.strip().splitlines()]
+
+
 def test_the_extractor_upgrade_path_is_five_commands_that_exist() -> None:
     from typer.testing import CliRunner
 
     from service.commands.cli import app
 
-    section = README.split("## Upgrading the extractor", 1)[1].split("\n## ", 1)[0]
-    block = section.split("```sh", 1)[1].split("```", 1)[0]
-    commands = [ln.split("#", 1)[0].split() for ln in block.strip().splitlines()]
+    commands = upgrade_commands()
     assert len(commands) == 5 and all(c[0] == "headhub" for c in commands)
     assert [c[1:3] for c in commands] == [
         ["extractor", "install"],

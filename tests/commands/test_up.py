@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -231,37 +232,80 @@ def _alive(pid: int) -> bool:
 def test_up_serves_an_installed_checkpoint_and_the_cli_moves_a_head_to_it(
     up: Up, tmp_path: Path
 ) -> None:
-    """The operator's upgrade path: install, register, move with --promote, list (README,
-    "Upgrading the extractor")."""
+    """The operator's upgrade path, README.md's "Upgrading the extractor" run as written (the
+    file, `$NEW` and `$OLD` filled in): install, register, default, move every head with
+    --promote, deprecate with a sunset; between register and default `headhub move` moves one
+    head. Each step is checked through the API."""
     from tests.fixtures.extractor import make_tiny_checkpoint
+    from tests.test_readme import upgrade_commands
 
+    install, register, default, move_all, deprecate = upgrade_commands()
     admin = (up.data_dir / "admin_key").read_text().strip()
+    as_admin = {"Authorization": f"Bearer {admin}"}
+
+    def registry() -> dict[str, dict[str, Any]]:
+        r = httpx.get(f"{up.url}/v1/extractors", headers=as_admin)
+        return {e["id"]: e for e in r.json()["items"]}
+
+    old = next(ident for ident, e in registry().items() if e["default"])
     second = make_tiny_checkpoint(tmp_path / "second.safetensors", seed=5)
-    r = runner.invoke(
-        cli_app, ["extractor", "install", str(second), "--dir", str(up.data_dir / "extractors")]
-    )
+    words = {"new.safetensors": str(second), "$OLD": old}
+
+    def as_written(command: list[str]) -> list[str]:
+        return [words.get(word, word) for word in command[1:]]
+
+    # the extractor host's directory is the one `headhub up` serves
+    host = {"HEADHUB_EXTRACTOR_DIR": str(up.data_dir / "extractors")}
+    r = runner.invoke(cli_app, as_written(install), env=host)
     assert r.exit_code == 0, r.output
-    ident = r.output.strip().splitlines()[-1]
+    ident = words["$NEW"] = r.output.strip().splitlines()[-1]
     assert (up.data_dir / "extractors" / f"{ident}.safetensors").read_bytes() == second.read_bytes()
-    assert ident in _cli("extractors", "register", ident, "--note", "second", key=admin, url=up.url)
+    assert ident in _cli(*as_written(register), key=admin, url=up.url)
     listed = _cli("extractors", key=admin, url=up.url)
-    assert ident[:12] in listed and "second" in listed and "yes" in listed
+    assert ident[:12] in listed and "round 2" in listed
 
     _cli("tenants", "create", "mover", key=admin, url=up.url)
     owner = _cli("keys", "create", "mover", "--scope", "owner", key=admin, url=up.url)
     key = next(line for line in owner.splitlines() if line.startswith("hh_"))
+    as_owner = {"Authorization": f"Bearer {key}"}
     _cli("datasets", "create", "shapes", key=key, url=up.url)
     write_dataset(str(tmp_path / "shapes"), per_label=8)
     _cli("upload", "shapes", str(tmp_path / "shapes"), key=key, url=up.url)
-    _cli("train", "shapes", "--head", "shapes", "--type", "float", key=key, url=up.url)
+    for head in ("shapes", "tones"):  # both on OLD, the default still
+        _cli("train", "shapes", "--head", head, "--type", "float", key=key, url=up.url)
     moved = _cli("move", "shapes", "--to", ident[:10], "--promote", key=key, url=up.url)
     assert "same validation split" in moved and "val_top1" in moved
     assert "moved: mover/shapes:2" in moved
-    version = httpx.get(
-        f"{up.url}/v1/heads/mover/shapes/versions/2", headers={"Authorization": f"Bearer {key}"}
-    ).json()
+    version = httpx.get(f"{up.url}/v1/heads/mover/shapes/versions/2", headers=as_owner).json()
     assert version["extractor_id"] == ident
     side = version["metrics"]["move"]
     assert side["promoted"] == (side["to"]["val_top1"] >= side["from"]["val_top1"])
     r = runner.invoke(cli_app, ["move", "shapes:2", "--to", ident, "--url", up.url, "--key", key])
     assert r.exit_code == 1 and "already on extractor" in r.output
+
+    _cli(*as_written(default), key=admin, url=up.url)
+    assert registry()[ident]["default"] and not registry()[old]["default"]
+    bulk = _cli(*as_written(move_all), key=admin, url=up.url)  # follows the progress to the end
+    progress = httpx.get(f"{up.url}/v1/extractors/{old}", headers=as_admin).json()["bulk_move"]
+    assert progress["total"] >= 1 and progress["moved"] == progress["total"]
+    assert (progress["failed"], progress["left"]) == (0, 0)
+    assert f"moved {progress['moved']}, failed 0, left 0" in bulk
+    tones = httpx.get(f"{up.url}/v1/heads/mover/tones/versions/2", headers=as_owner).json()
+    assert tones["extractor_id"] == ident and tones["metrics"]["move"]["from"]["version"] == 1
+    _cli(*as_written(deprecate), key=admin, url=up.url)
+    assert registry()[old]["status"] == "deprecated"
+    assert registry()[old]["sunset"].startswith("2027-06-30")
+
+    def predict(head: str) -> httpx.Response:
+        image = tmp_path / "shapes" / "red" / "red-000.png"
+        files = [("files", (image.name, image.read_bytes(), "image/png"))]
+        r = httpx.post(
+            f"{up.url}/v1/predict", params={"heads": head}, files=files, headers=as_owner
+        )
+        assert r.status_code == 200, r.text
+        return r
+
+    still_on_old = predict("mover/tones:1")
+    assert re.fullmatch(r"@\d+", still_on_old.headers["deprecation"])
+    assert still_on_old.headers["sunset"] == "Wed, 30 Jun 2027 00:00:00 GMT"
+    assert "deprecation" not in predict("mover/tones:2").headers
