@@ -1,11 +1,12 @@
 """The console in a real browser against a real `headhub up`, as its users go through it.
 
 The tests run in file order and share one stack and one browser (tests/console/conftest.py):
-the operator creates two tenants; acme's owner builds a dataset from a dropped zip, trains,
-watches the job reach 100%, sets an alias, publishes (with markup in the description) and
-exports; globex finds the head in the marketplace and tries it on images; the operator
-suspends it and everyone sees it refused; a predict key sees no dataset page; a revoked key
-returns to sign-in. Screenshots of the main pages go to tests/console/screenshots/.
+the operator creates two tenants; acme's owner builds a dataset from a dropped zip and dropped
+loose files, trains, watches the job reach 100%, sets an alias, publishes (with markup in the
+description) and exports; globex finds the head in the marketplace and tries it on images; the
+operator suspends it and everyone sees it refused; a predict key sees no dataset page; a revoked
+key returns to sign-in; acme tries two heads at once and watches a running job's curve grow.
+Screenshots of the main pages go to tests/console/screenshots/.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class World:
     globex_owner: str = ""
     acme_predict: str = ""
     dataset_id: str = ""
+    job_id: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -76,18 +78,27 @@ def need(value: str, step: str) -> str:
     return value
 
 
-def drop_file(page: Page, name: str, data: bytes, mime: str) -> None:
-    """Drag and drop a file onto the page's drop zone (a DataTransfer built in the page)."""
+def drop_files(page: Page, *files: tuple[str, bytes, str]) -> None:
+    """Drag files (name, bytes, MIME type) over the page's drop zone and drop them, as a browser
+    does: dragenter and dragover (the zone lights up), then drop, with one DataTransfer holding
+    the files (built in the page)."""
     transfer = page.evaluate_handle(
-        """([name, b64, mime]) => {
-            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        """(files) => {
             const dt = new DataTransfer();
-            dt.items.add(new File([bytes], name, { type: mime }));
+            for (const [name, b64, mime] of files) {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                dt.items.add(new File([bytes], name, { type: mime }));
+            }
             return dt;
         }""",
-        [name, base64.b64encode(data).decode(), mime],
+        [[name, base64.b64encode(data).decode(), mime] for name, data, mime in files],
     )
-    page.locator(".drop-zone").dispatch_event("drop", {"dataTransfer": transfer})
+    zone = page.locator(".drop-zone")
+    for event in ("dragenter", "dragover"):
+        zone.dispatch_event(event, {"dataTransfer": transfer})
+    expect(zone).to_have_class(re.compile(r"\bover\b"))
+    zone.dispatch_event("drop", {"dataTransfer": transfer})
+    expect(zone).not_to_have_class(re.compile(r"\bover\b"))
 
 
 def paste_file(page: Page, name: str, data: bytes) -> None:
@@ -101,6 +112,11 @@ def paste_file(page: Page, name: str, data: bytes) -> None:
         }""",
         [name, base64.b64encode(data).decode()],
     )
+
+
+def fact(card: Any, term: str) -> Any:
+    """The value (dd) that follows the term (dt) `term` in a card's facts."""
+    return card.locator(f"xpath=.//dl/dt[normalize-space()='{term}']/following-sibling::dd[1]")
 
 
 def top_labels(page: Page) -> list[str]:
@@ -168,7 +184,7 @@ def test_owner_creates_a_dataset_and_drops_a_zip_with_a_progress_bar(
     expect(h1(page)).to_have_text("Dataset colours")
     world.dataset_id = page.url.split("#/datasets/", 1)[1]
 
-    drop_file(page, "colours.zip", colours_zip(PER_LABEL), "application/zip")
+    drop_files(page, ("colours.zip", colours_zip(PER_LABEL), "application/zip"))
     expect(page.locator(".upload-summary")).to_have_text("Added 24, duplicates 0, rejected 0.")
     expect(page.locator(".progress-text").first).to_contain_text("100%")
     assert page.locator("progress").first.evaluate("p => p.value") == 100
@@ -182,18 +198,22 @@ def test_owner_creates_a_dataset_and_drops_a_zip_with_a_progress_bar(
 def test_loose_files_take_the_typed_label_and_a_bad_file_is_listed_with_its_reason(
     personas: dict[str, Persona],
 ) -> None:
-    page = personas["acme"].page
-    upload = page.locator(".drop-zone input[type=file]")
+    acme = personas["acme"]
+    page = acme.page
     files = [
-        {"name": "red-extra.png", "mimeType": "image/png", "buffer": colour_png("red", 99)},
-        {"name": BAD_FILENAME, "mimeType": "image/png", "buffer": b"this is not an image"},
+        ("red-extra.png", colour_png("red", 99), "image/png"),
+        (BAD_FILENAME, b"this is not an image", "image/png"),
     ]
-    upload.set_input_files(files)
+    page.locator(".drop-zone input[type=file]").set_input_files(
+        [{"name": name, "buffer": data, "mimeType": mime} for name, data, mime in files]
+    )  # picked without a label: refused before anything is sent
     expect(page.get_by_role("alert").filter(has_text="Type the label")).to_be_visible()
 
     page.get_by_label("Label for loose images").fill("red")
-    upload.set_input_files(files)
+    uploads = len([r for r in acme.requests if re.match(r"POST .*/images(\?|$)", r)])
+    drop_files(page, *files)  # the same files dragged and dropped onto the zone this time
     expect(page.locator(".upload-summary")).to_have_text("Added 1, duplicates 0, rejected 1.")
+    assert len([r for r in acme.requests if re.match(r"POST .*/images(\?|$)", r)]) > uploads
     rejected = page.get_by_role("region", name="Rejected files")
     expect(rejected.locator("tbody tr")).to_have_count(1)
     expect(rejected.locator("tbody td").first).to_have_text(BAD_FILENAME)  # as text
@@ -249,6 +269,7 @@ def test_owner_trains_a_head_and_watches_the_job_reach_100_percent(
     page.get_by_label("Head type").select_option("float")
     page.get_by_role("button", name="Start training").click()
     expect(h1(page)).to_have_text("Training colours (float)")
+    world.job_id = page.url.split("#/jobs/", 1)[1]
     page.evaluate(
         """() => {
             window.progressSeen = [];
@@ -333,6 +354,13 @@ def test_another_tenant_finds_the_head_in_the_marketplace_and_tries_it(
     expect(card.locator(".description")).to_have_text(XSS)
     expect(card.locator(".chip")).to_have_text(["blue", "green", "red"])
     expect(page.locator("img[src='x']")).to_have_count(0)
+    # Its metrics: the best version's validation top-1, as the API reports it; its usage: none yet.
+    with stack.api(world.globex_owner) as api:
+        listed = api.get("/v1/marketplace", params={"q": "colours"}).json()["items"]
+    (item,) = [i for i in listed if i["ref"] == "acme/colours"]
+    top1 = item["best_metrics"]["val_top1"]
+    expect(fact(card, "Best top-1")).to_have_text(f"{top1 * 100:.1f}% (v1)")
+    expect(fact(card, "Used on")).to_have_text("0 images")
 
     page.get_by_label("Text (owner, name or description)").fill("")
     page.get_by_label("Label", exact=True).fill("purple")
@@ -457,6 +485,33 @@ def test_a_revoked_key_returns_to_sign_in(personas: dict[str, Persona]) -> None:
     assert page.evaluate("sessionStorage.length") == 0
 
 
+def test_owner_tries_two_of_its_heads_at_once_and_sees_bars_from_each(
+    personas: dict[str, Persona],
+) -> None:
+    page = personas["acme"].page
+    go(page, "Training")  # a second head on the same dataset (its features are already stored)
+    page.get_by_label("Head name").fill("colours-mlp")
+    page.get_by_label("Head type").select_option("mlp")
+    page.get_by_role("button", name="Start training").click()
+    expect(h1(page)).to_have_text("Training colours-mlp (mlp)")
+    expect(page.locator(".facts .badge")).to_have_text("succeeded", timeout=180_000)
+
+    go(page, "Try it")
+    for head in ("acme/colours", "acme/colours-mlp"):
+        page.get_by_label(head, exact=True).check()
+    page.locator(".drop-zone input[type=file]").set_input_files(
+        [{"name": "red.png", "mimeType": "image/png", "buffer": colour_png("red", 8000)}]
+    )
+    page.get_by_role("button", name="Predict").click()
+    result = page.locator(".result")
+    expect(result).to_have_count(1)  # one image
+    blocks = result.locator(".prediction")
+    expect(blocks.locator("h4")).to_have_text(["acme/colours:1", "acme/colours-mlp:1"])
+    for block in blocks.all():  # one block per head, each with its top-3 as bars
+        expect(block.locator(".bars.predictions .bar-row")).to_have_count(3)
+    assert top_labels(page) == ["red", "red"]
+
+
 # -- jobs: cancel, the operator's view -------------------------------------------------------
 
 
@@ -469,6 +524,21 @@ def test_owner_cancels_a_running_job(personas: dict[str, Persona]) -> None:
     page.get_by_label("Trainer parameters").fill('{"epochs": 5000, "patience": 0, "batch_size": 1}')
     page.get_by_role("button", name="Start training").click()
     expect(page.locator(".facts .badge")).to_have_text("running", timeout=60_000)
+    # The validation curve grows while the job runs, not only once it is done: one page state
+    # with the status still "running", progress under 100% and a curve of several epochs.
+    page.wait_for_function(
+        """() => {
+            const status = document.querySelector(".facts .badge")?.textContent;
+            const pct = document.querySelector(".job-progress progress")?.value;
+            const curve = document.querySelector("svg.chart polyline.series.s1");
+            const points = curve?.getAttribute("points").trim().split(/\\s+/) || [];
+            return status === "running" && pct < 100 && points.length >= 2;
+        }""",
+        timeout=60_000,
+    )
+    expect(page.locator("figure.chart-box figcaption").first).to_have_text(
+        "Validation accuracy (top-1) by epoch"
+    )
     page.get_by_role("button", name="Cancel job").click()
     expect(page.locator(".facts .badge")).to_have_text("cancelled", timeout=60_000)
     expect(page.get_by_role("link", name=re.compile("colours-binary:"))).to_have_count(0)
@@ -478,15 +548,15 @@ def test_operator_sees_every_job_with_its_status(personas: dict[str, Persona]) -
     page = personas["admin"].page
     go(page, "All jobs")
     table = page.get_by_role("region", name="Every job, newest first")
-    expect(table.locator("tbody tr")).to_have_count(2)
-    expect(table.locator(".badge")).to_have_text(["cancelled", "succeeded"])
+    expect(table.locator("tbody tr")).to_have_count(3)
+    expect(table.locator(".badge")).to_have_text(["cancelled", "succeeded", "succeeded"])
     page.get_by_label("Status").select_option("cancelled")
     page.get_by_role("button", name="Filter").click()
     expect(table.locator("tbody tr")).to_have_count(1)
     expect(table).to_contain_text("colours-binary")
     page.get_by_label("Status").select_option("")
     page.get_by_role("button", name="Filter").click()
-    expect(table.locator("tbody tr")).to_have_count(2)
+    expect(table.locator("tbody tr")).to_have_count(3)
     screenshot(page, "operator-jobs")
 
 
@@ -515,7 +585,20 @@ def test_usage_counts_the_images_others_scored_with_a_public_head(
     go(page, "Usage")
     bar = page.locator(".bars .bar-row").filter(has_text="acme/colours")
     expect(bar).to_have_count(1)
-    assert int(bar.locator(".bar-value").inner_text()) >= 4  # globex scored 2 images twice
+    scored = int(bar.locator(".bar-value").inner_text())
+    assert scored >= 4  # globex scored 2 images twice
+
+    # The marketplace card shows the same count, and it rises when another tenant predicts.
+    go(page, "Marketplace")
+    used = fact(page.locator("article.market-card").filter(has_text="acme/colours"), "Used on")
+    expect(used).to_have_text(f"{scored} images")
+    globex = personas["globex"].page  # still on Try it with its two images and acme/colours
+    with globex.expect_response(lambda r: "/v1/predict" in r.url) as predicted:
+        globex.get_by_role("button", name="Predict").click()
+    assert predicted.value.ok
+    expect(globex.locator(".result")).to_have_count(2)
+    page.get_by_role("button", name="Search").click()
+    expect(used).to_have_text(f"{scored + 2} images")
 
 
 # -- every page: readable at 360 px, labelled controls ------------------------------------------
@@ -532,22 +615,30 @@ UNLABELLED = """() => [...document.querySelectorAll(
     .map((el) => el.outerHTML.slice(0, 80))"""
 
 
+MOBILE = {"width": 360, "height": 780}
+
+
 def test_pages_fit_360_px_and_every_control_has_a_label(
     stack: Stack, personas: dict[str, Persona], world: World
 ) -> None:
-    page = personas["acme"].page
-    page.set_viewport_size({"width": 360, "height": 780})
     # page -> (route, what shows once its data is drawn)
-    pages = {
+    owner_pages = {
         "datasets": ("#/datasets", "main table"),
         "dataset": (f"#/datasets/{need(world.dataset_id, 'dataset')}", ".paged tbody tr"),
         "training": ("#/training", "main table"),
+        "job": (f"#/jobs/{need(world.job_id, 'training')}", "svg.chart"),
         "heads": ("#/heads", "main table"),
         "head": ("#/heads/acme/colours", "table.heatmap"),
         "try": ("#/try?heads=acme/colours", "fieldset .check"),
         "marketplace": ("#/marketplace", "article.market-card"),
         "keys": ("#/keys", "main table"),
         "usage": ("#/usage", "main .bars"),
+    }
+    operator_pages = {
+        "tenants": ("#/admin/tenants", "main table"),
+        "all heads": ("#/admin/heads", "main table"),
+        "all jobs": ("#/admin/jobs", "main table"),
+        "operator's job": (f"#/jobs/{world.job_id}", "svg.chart"),
     }
 
     def visit(p: Page, route: str, drawn: str) -> None:
@@ -557,20 +648,27 @@ def test_pages_fit_360_px_and_every_control_has_a_label(
         p.wait_for_load_state("networkidle")
         expect(p.locator("main .error:visible")).to_have_count(0)
 
-    try:
-        for name, (route, drawn) in pages.items():
-            visit(page, route, drawn)
-            width = page.evaluate("document.documentElement.scrollWidth")
-            assert width <= 360, f"{name} is {width} px wide at a 360 px viewport"
-            assert page.evaluate(UNLABELLED) == [], name
-            if name == "head":
-                screenshot(page, "mobile-head")
-    finally:
-        page.set_viewport_size({"width": 1280, "height": 900})
-    admin = personas["admin"].page
-    for route in ("#/admin/tenants", "#/admin/heads", "#/admin/jobs"):
-        visit(admin, route, "main table")
-        assert admin.evaluate(UNLABELLED) == [], route
+    def check(p: Page, name: str) -> None:
+        width = p.evaluate("document.documentElement.scrollWidth")
+        assert width <= MOBILE["width"], f"{name} is {width} px wide at a 360 px viewport"
+        assert p.evaluate(UNLABELLED) == [], name
+
+    visitor = personas["visitor"].page  # nobody signed in: the sign-in page
+    visitor.set_viewport_size(MOBILE)
+    visitor.goto(stack.console)
+    expect(h1(visitor)).to_have_text("Sign in")
+    check(visitor, "sign-in")
+    for persona, pages in (("acme", owner_pages), ("admin", operator_pages)):
+        page = personas[persona].page
+        page.set_viewport_size(MOBILE)
+        try:
+            for name, (route, drawn) in pages.items():
+                visit(page, route, drawn)
+                check(page, name)
+                if name == "head":
+                    screenshot(page, "mobile-head")
+        finally:
+            page.set_viewport_size({"width": 1280, "height": 900})
 
 
 def test_no_page_opened_a_dialog_threw_or_broke_the_content_security_policy(
