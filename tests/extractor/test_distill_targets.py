@@ -206,3 +206,27 @@ def test_a_run_continues_from_its_small_latent_file(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="already holds a run"):
         second.save()
         Trainer.from_latent(latent, tmp_path / "second")
+
+
+COMMITTED_LATENTS = sorted(
+    (Path(__file__).parents[2] / "extractor/checkpoints/runs").glob("*.latent.safetensors")
+)
+
+
+@pytest.mark.parametrize("latent", COMMITTED_LATENTS, ids=lambda p: p.name)
+def test_the_committed_latent_file_continues_the_chain(latent: Path) -> None:
+    """The run the next session continues (docs/distillation.md, "Round 3") loads whole into its
+    architecture and knows where its schedule stands; its store is rebuilt by a command."""
+    from extractor.distill.latent import load_latent
+    from extractor.models import create_model
+
+    meta, states = load_latent(latent)
+    cfg = TrainConfig.from_json(meta["config"])
+    assert cfg.minutes is not None and 0 < meta["train_seconds"] / 60 / cfg.minutes < 1.01
+    assert meta["images_seen"] == meta["step"] * cfg.batch > 0
+    create_model(cfg.arch, **cfg.arch_overrides).load_state_dict(states["student"], strict=True)
+    assert cfg.targets is not None and cfg.targets.startswith("cache/targets/")
+
+
+def test_a_latent_file_is_committed() -> None:
+    assert COMMITTED_LATENTS, "extractor/checkpoints/runs/ holds no run to continue"
