@@ -116,8 +116,12 @@ class Worker:
         timer.daemon = True
         timer.start()
 
+    def loop_id(self, index: int = 0) -> str:
+        """The worker id of claim loop `index` (jobs' `worker_id`, the probes' loop names)."""
+        return f"{self.name}:{index}"
+
     def _loop(self, index: int) -> None:
-        worker_id = f"{self.name}:{index}"
+        worker_id = self.loop_id(index)
         self.health.loop_started(worker_id)
         try:
             while not self.stopping.is_set():
@@ -163,7 +167,7 @@ class Worker:
 
     def run_once(self, worker_id: str | None = None) -> bool:
         """Claim and run one job; False when nothing was claimable."""
-        worker_id = worker_id or f"{self.name}:0"
+        worker_id = worker_id or self.loop_id()
         try:
             job = self.claim(worker_id)
         except Exception:
@@ -178,7 +182,7 @@ class Worker:
 
     def execute(self, job: ClaimedJob, worker_id: str | None = None) -> None:
         s = self.settings
-        loop = worker_id or f"{self.name}:0"
+        loop = worker_id or self.loop_id()
         hb = JobHeartbeat(
             self.factory,
             job,

@@ -24,16 +24,9 @@ from service.http.ratelimit import (
     make_limiter,
 )
 from tests.conftest import create_tenant, make_settings
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.processes import free_port
 from tests.fixtures.redis import unique_prefix
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_bucket_allows_burst_then_refuses_with_time_to_next_token() -> None:

@@ -18,19 +18,12 @@ from service.db import make_engine, make_sessionmaker
 from service.jobs.health import MAX_CONNECTIONS, HealthServer, serve_health
 from service.jobs.worker import Worker
 from service.settings import Settings
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.processes import free_port, settings_env
 from tests.jobs.helpers import FakeExtractor, add_job, job_row, seed_dataset, wait_for
 
 # Nothing listens on port 9: connections are refused at once.
 UNREACHABLE_DB = "postgresql+psycopg://headhub@127.0.0.1:9/headhub"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class BlockingExtractor(FakeExtractor):
