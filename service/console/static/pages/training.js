@@ -46,12 +46,15 @@ export function trainPage(ctx) {
   const seed = input({ id: "train-seed", type: "number", min: "0", step: "1", value: "0" });
   const params = h("textarea", { id: "train-params", rows: "2", placeholder: '{"epochs": 100}', spellcheck: "false" });
   const err = errorBox();
+  // Disabled until the datasets have loaded: a click before that would submit an empty choice.
+  const start = h("button", { type: "submit", class: "primary", disabled: true }, "Start training");
   getAll("/v1/datasets").then((items) => {
     clear(dataset, items.length
       ? items.map((d) => h("option", { value: d.id, text: `${d.name} (${d.image_count} images, ${Object.keys(d.label_counts).length} labels)` }))
       : h("option", { value: "", text: "no dataset yet" }));
     const wanted = ctx.query.get("dataset");
     if (wanted) dataset.value = wanted;
+    start.disabled = !items.length;
   }).catch((e) => err.show(e));
   const form = h("form", { class: "grid-form", "aria-label": "Train a head" },
     field("Dataset", dataset),
@@ -60,7 +63,7 @@ export function trainPage(ctx) {
     field("Validation fraction", val, "Share of each label held out to measure the head."),
     field("Seed", seed),
     field("Trainer parameters (JSON, optional)", params, "e.g. {\"epochs\": 100}; unknown keys are refused."),
-    h("div", { class: "form-actions" }, h("button", { type: "submit", class: "primary" }, "Start training")),
+    h("div", { class: "form-actions" }, start),
     err);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
