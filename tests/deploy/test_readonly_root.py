@@ -90,17 +90,43 @@ def _setup_script(writable: list[str], run: str) -> str:
             f"mount -t tmpfs -o {mode} {w.strip('/')} {NEW_ROOT}{w}",
         ]
     for b in binds:
-        lines += [
-            f"mkdir -p {NEW_ROOT}{b}",
-            f"mount --rbind {shlex.quote(b)} {NEW_ROOT}{shlex.quote(b)}",
-            f"mount -o remount,bind,ro {NEW_ROOT}{shlex.quote(b)}",
-        ]
+        lines += _bind_read_only(b)
     lines += [
         f"mount -o remount,ro {NEW_ROOT}",  # the root itself: read-only from here on
         f"exec chroot --userspec={UID}:{UID} --groups={UID} {NEW_ROOT} "
         f"/bin/sh -c {shlex.quote(run)}",
     ]
     return "\n".join(lines)
+
+
+def _bind_read_only(path: str) -> list[str]:
+    """Lines that show the host's `path` read-only at the same path under NEW_ROOT.
+
+    A directory that others may not enter (a checkout made by `mktemp -d` is 0700 and owned by
+    root) would lock uid 10001 out of everything below it, and its mode cannot change without
+    changing the host's. Such a directory is stood in for by a traversable tmpfs with each of
+    its entries bound into it, so the paths (the venv's shebangs are absolute) stay the same.
+    """
+    target = shlex.quote(f"{NEW_ROOT}{path}")
+    src = Path(path)
+    if src.is_dir() and src.stat().st_mode & 0o005 != 0o005:
+        lines = [f"mkdir -p {target}", f"mount -t tmpfs -o mode=0755 stand-in {target}"]
+        for entry in sorted(src.iterdir()):
+            dst = shlex.quote(f"{NEW_ROOT}{entry}")
+            if entry.is_symlink():
+                lines.append(f"ln -s {shlex.quote(os.readlink(entry))} {dst}")
+                continue
+            lines += [
+                f"mkdir -p {dst}" if entry.is_dir() else f"touch {dst}",
+                f"mount --rbind {shlex.quote(str(entry))} {dst}",
+                f"mount -o remount,bind,ro {dst}",
+            ]
+        return [*lines, f"mount -o remount,ro {target}"]
+    return [
+        f"mkdir -p {target}",
+        f"mount --rbind {shlex.quote(path)} {target}",
+        f"mount -o remount,bind,ro {target}",
+    ]
 
 
 def _cmd(args: list[Any]) -> str:
