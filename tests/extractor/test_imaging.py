@@ -16,6 +16,7 @@ from PIL import Image
 from extractor.imaging import (
     ImageRejected,
     decode_image,
+    load_tensor,
     preprocess,
     preprocess_batch,
 )
@@ -222,6 +223,47 @@ def test_preprocess_resizes_the_shorter_side_and_crops_the_center() -> None:
     x = preprocess(img, CFG)
     green = (1 - CFG["mean"][1]) / CFG["std"][1]
     assert torch.allclose(x[1], torch.full((32, 32), green), atol=1e-5)  # only the middle remains
+
+
+# -- the served path: JPEGs decoded at reduced scale -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo_jpeg() -> bytes:
+    """A 1024 px photograph (scikit-image's astronaut, mirrored into 2x2 tiles) as a JPEG."""
+    skimage_data = pytest.importorskip("skimage.data")
+    a = skimage_data.astronaut()
+    big = np.concatenate(
+        [np.concatenate([a, a[:, ::-1]], 1), np.concatenate([a[::-1], a[::-1, ::-1]], 1)], 0
+    )
+    return encode(Image.fromarray(big), "JPEG", quality=90)
+
+
+def test_a_jpeg_decodes_at_reduced_scale_never_below_the_side_asked_for(photo_jpeg: bytes) -> None:
+    assert decode_image(photo_jpeg, "big.jpg").size == (1024, 1024)
+    assert decode_image(photo_jpeg, "big.jpg", min_side=224).size == (256, 256)  # 1/4
+    assert decode_image(photo_jpeg, "big.jpg", min_side=300).size == (512, 512)  # 1/2, not 256
+    assert decode_image(photo_jpeg, "big.jpg", min_side=600).size == (1024, 1024)
+    png = encode(Image.open(io.BytesIO(photo_jpeg)), "PNG")  # other formats decode whole
+    assert decode_image(png, "big.png", min_side=224).size == (1024, 1024)
+
+
+def test_the_served_input_of_a_jpeg_stays_that_of_the_full_decode(photo_jpeg: bytes) -> None:
+    """load_tensor decodes a JPEG at reduced scale; the network's input barely moves (the
+    inputs are standardised: a std of about 1)."""
+    cfg = make_pretrained_cfg(112, crop_pct=1.0)
+    served = load_tensor(photo_jpeg, "big.jpg", cfg)
+    full = preprocess(decode_image(photo_jpeg, "big.jpg"), cfg)
+    assert served.shape == full.shape == (3, 112, 112)
+    assert (served - full).abs().mean() < 0.06  # about 2.5 of 255 levels
+    assert np.corrcoef(served.flatten(), full.flatten())[0, 1] > 0.995
+
+
+def test_a_truncated_jpeg_is_still_refused_at_reduced_scale(photo_jpeg: bytes) -> None:
+    cfg = make_pretrained_cfg(112, crop_pct=1.0)
+    with pytest.raises(ImageRejected, match="truncated") as caught:
+        load_tensor(photo_jpeg[: len(photo_jpeg) * 9 // 10], "cut.jpg", cfg)
+    assert caught.value.status == 422
 
 
 def test_preprocess_batch_stacks_in_order_and_names_the_bad_file() -> None:
