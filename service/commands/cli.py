@@ -36,6 +36,10 @@ def up(
     api_workers: Annotated[
         int, typer.Option(min=1, max=64, help="API processes (headhub api --workers)")
     ] = 1,
+    extractor_threads: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="extractor's torch threads; default: half the CPUs"),
+    ] = None,
 ) -> None:
     """Everything on one machine: migrate, then extractor + API + worker, until Ctrl-C."""
     from service.commands.up import UpConfig, run_up
@@ -48,6 +52,7 @@ def up(
             extractor_port=extractor_port,
             checkpoint=checkpoint,
             api_workers=api_workers,
+            extractor_threads=extractor_threads,
         )
     )
     raise typer.Exit(code)

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from bench.load.scenario import write_dataset
 from service.commands.cli import app as cli_app
-from service.commands.up import ensure_admin_key
+from service.commands.up import UpConfig, child_argv, ensure_admin_key
 from tests.fixtures.processes import HeadhubProcess, free_port, start_headhub
 
 pytestmark = pytest.mark.slow
@@ -93,6 +93,19 @@ def running_up(checkpoint: Path, data_dir: Path) -> Iterator[Up]:
         for pid in handle.pids().values():  # never leak children, whatever failed
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_extractor_gets_half_the_cpus_unless_told(tmp_path: Path) -> None:
+    """The extractor shares the host with the API, the worker and their clients: torch's own
+    default (a thread per core) would leave its decoding thread and the HTTP loops no core."""
+
+    def threads(config: UpConfig) -> int:
+        argv = child_argv(config, 9001)[0].argv
+        assert argv[argv.index("serve") - 1] == "extractor"
+        return int(argv[argv.index("--threads") + 1])
+
+    assert threads(UpConfig(data_dir=tmp_path)) == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert threads(UpConfig(data_dir=tmp_path, extractor_threads=3)) == 3
 
 
 @pytest.fixture(scope="module")
