@@ -81,9 +81,12 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float, log: Pa
 
 
 @contextmanager
-def headhub_up(timeout: float = 180, code: Path | None = None) -> Iterator[tuple[str, str, str]]:
+def headhub_up(
+    timeout: float = 180, code: Path | None = None, api_workers: int = 1
+) -> Iterator[tuple[str, str, str]]:
     """A private `headhub up` (rate limit off: we measure serving, not the limiter); `code`: a
-    checkout (e.g. a `git worktree` of an older commit) whose packages it runs instead."""
+    checkout (e.g. a `git worktree` of an older commit) whose packages it runs instead;
+    `api_workers`: `headhub up --api-workers`."""
     with tempfile.TemporaryDirectory(prefix="headhub-load-") as tmp:
         port = _free_port_pair()
         env = os.environ | {
@@ -97,7 +100,8 @@ def headhub_up(timeout: float = 180, code: Path | None = None) -> Iterator[tuple
             env["PYTHONPATH"] = str(code)
         log = open(Path(tmp) / "up.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
-            [*HEADHUB, "up", "--port", str(port), "--data-dir", tmp],
+            [*HEADHUB, "up", "--port", str(port), "--data-dir", tmp]
+            + (["--api-workers", str(api_workers)] if api_workers > 1 else []),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -505,6 +509,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-label", type=int, default=20, help="training images per label")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument(
+        "--api-workers",
+        type=int,
+        default=1,
+        help="API worker processes (`headhub up --api-workers`)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: fewer requests, levels 1,4 for 2 s each, 8 images per label",
@@ -520,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
             p.error("--key (or HEADHUB_ADMIN_KEY) is required with --url")
         text = run(args.url, args.key, args.extractor_url, *rest, quick=args.quick)
     else:
-        with headhub_up() as (url, key, ext):
+        with headhub_up(api_workers=args.api_workers) as (url, key, ext):
             text = run(url, key, ext, *rest, quick=args.quick)
     print(text)
 
