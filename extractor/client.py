@@ -14,7 +14,8 @@ for is skipped like a busy one; when none does, `ExtractorNotServed` says so.
 The hop is kept cheap (bench/results/profile.md): connections are kept alive and pooled per
 replica (HTTP/1.1), images travel framed (`application/x-headhub-images`, no multipart
 encoding or parsing), and a replica on the same host may be a Unix socket, `unix:/path/x.sock`
-(what `headhub up` uses), which skips the TCP stack.
+(what `headhub up` uses), which skips the TCP stack; the async client speaks to a socket through
+`extractor.unix_transport`, a few lines of asyncio and httptools in place of httpx's own stack.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import httpx
 import numpy as np
 
 from extractor.packing import pack_signs
+from extractor.unix_transport import UnixSocketTransport
 from extractor.wire import (
     CONTENT_TYPE,
     IMAGES_CONTENT_TYPE,
@@ -56,7 +58,8 @@ _LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepal
 # (~3 MB) leaves in ~15 writes, each waiting for the extractor to drain the last one: a
 # scheduling round trip apiece on a busy host (~4% of such a request, bench/results/profile.md).
 # 4 MiB lets it go at once; the kernel caps the value at net.core.wmem_max. TCP autotunes.
-UNIX_SOCKET_OPTIONS = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)]
+UNIX_SEND_BUFFER = 4 << 20
+UNIX_SOCKET_OPTIONS = [(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)]
 
 
 def socket_path(url: str) -> str | None:
@@ -360,10 +363,12 @@ class ExtractorClient:
         path = None if url is None or self._transport is not None else socket_path(url)
         client = self._aclients.get(path)
         if client is None:
-            transport = self._transport
+            transport: httpx.AsyncBaseTransport | None = self._transport
             if transport is None:
-                transport = httpx.AsyncHTTPTransport(
-                    uds=path, limits=_LIMITS, socket_options=UNIX_SOCKET_OPTIONS if path else None
+                transport = (
+                    httpx.AsyncHTTPTransport(limits=_LIMITS)
+                    if path is None
+                    else UnixSocketTransport(path, send_buffer=UNIX_SEND_BUFFER)
                 )
             client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
             self._aclients[path] = client
