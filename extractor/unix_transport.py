@@ -112,7 +112,7 @@ class UnixSocketTransport(httpx.AsyncBaseTransport):
     async def _connect(self, timeout: float | None) -> _Connection:
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 20)
+                reader, writer = await asyncio.open_unix_connection(self.path)
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {self.path} timed out") from None
         except OSError as exc:
@@ -182,8 +182,8 @@ class UnixSocketTransport(httpx.AsyncBaseTransport):
                 async with asyncio.timeout(timeouts.get("read")):
                     chunk = await conn.reader.read(1 << 16)
                 if not chunk:
-                    error = httpx.RemoteProtocolError("the server closed the connection")
-                    raise error if got_any else _nothing_read(error)
+                    closed = httpx.RemoteProtocolError("the server closed the connection")
+                    raise closed if got_any else _nothing_read(closed)
                 got_any = True
                 answer.feed(chunk)
         except TimeoutError:
