@@ -44,6 +44,23 @@ class Server:
         writer.write(answer(request.split(b"\r\n\r\n", 1)[1]))
         return True
 
+    @staticmethod
+    async def echo_then_close(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Answers, then closes without saying so (as after a keep-alive timeout)."""
+        await Server.echo(request, writer)
+        await writer.drain()
+        return False
+
+    def stall_first(self, seconds: float) -> Handler:
+        """Echoes, but holds the first request's answer back for `seconds`."""
+
+        async def handler(request: bytes, writer: asyncio.StreamWriter) -> bool:
+            if len(self.requests) == 1:
+                await asyncio.sleep(seconds)
+            return await Server.echo(request, writer)
+
+        return handler
+
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
@@ -133,12 +150,7 @@ async def test_a_connection_the_server_closes_is_not_reused(server: Server) -> N
 
 
 async def test_an_idle_connection_closed_by_the_server_is_replaced(server: Server) -> None:
-    async def close_quietly(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await Server.echo(request, writer)
-        await writer.drain()
-        return False  # closes after answering, without saying so (as after a keep-alive timeout)
-
-    server.handler = close_quietly
+    server.handler = Server.echo_then_close
     async with client(server) as c:
         assert (await c.post("http://extractor/", content=b"1")).content == b"1"
         await asyncio.sleep(0.05)  # the close reaches the client while the connection is idle
@@ -149,11 +161,7 @@ async def test_an_idle_connection_closed_by_the_server_is_replaced(server: Serve
 async def test_a_reused_connection_found_dead_is_tried_once_more_on_a_new_one(
     server: Server,
 ) -> None:
-    async def close_quietly(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await Server.echo(request, writer)
-        return False
-
-    server.handler = close_quietly
+    server.handler = Server.echo_then_close
     transport = UnixSocketTransport(str(server.path))
     async with httpx.AsyncClient(transport=transport, timeout=2.0) as c:
         assert (await c.post("http://extractor/", content=b"1")).content == b"1"
@@ -188,12 +196,7 @@ async def test_an_answer_cut_off_midway_is_an_error_and_not_retried(server: Serv
 async def test_a_slow_answer_is_a_read_timeout_and_the_connection_is_dropped(
     server: Server,
 ) -> None:
-    async def stall_once(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        if len(server.requests) == 1:
-            await asyncio.sleep(1.0)
-        return await Server.echo(request, writer)
-
-    server.handler = stall_once
+    server.handler = server.stall_first(1.0)
     async with client(server) as c:
         with pytest.raises(httpx.ReadTimeout):
             await c.post("http://extractor/", content=b"slow", timeout=0.2)
@@ -203,12 +206,7 @@ async def test_a_slow_answer_is_a_read_timeout_and_the_connection_is_dropped(
 
 
 async def test_a_cancelled_request_drops_its_connection(server: Server) -> None:
-    async def stall_once(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        if len(server.requests) == 1:
-            await asyncio.sleep(0.5)
-        return await Server.echo(request, writer)
-
-    server.handler = stall_once
+    server.handler = server.stall_first(0.5)
     async with client(server) as c:
         task = asyncio.ensure_future(c.post("http://extractor/", content=b"gone"))
         await asyncio.sleep(0.1)
