@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 
 from extractor.packing import pack_signs
-from extractor.unix_transport import UnixSocketTransport
+from extractor.unix_transport import SEND_BUFFER, UnixSocketTransport
 from extractor.wire import (
     CONTENT_TYPE,
     IMAGES_CONTENT_TYPE,
@@ -54,12 +54,9 @@ _RETRY_STATUS = frozenset({502, 503, 504})
 UNIX_PREFIX = "unix:"
 # Enough idle connections for every concurrent request of a busy API process to reuse one.
 _LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30)
-# A Unix socket's send buffer defaults to net.core.wmem_default (208 KiB), so a 32-image request
-# (~3 MB) leaves in ~15 writes, each waiting for the extractor to drain the last one: a
-# scheduling round trip apiece on a busy host (~4% of such a request, bench/results/profile.md).
-# 4 MiB lets it go at once; the kernel caps the value at net.core.wmem_max. TCP autotunes.
-UNIX_SEND_BUFFER = 4 << 20
-UNIX_SOCKET_OPTIONS = [(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)]
+# The blocking client (httpx's own transport) sets the same large send buffer on a Unix socket
+# as the async one (`unix_transport.SEND_BUFFER`, why there); TCP autotunes.
+UNIX_SOCKET_OPTIONS = [(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)]
 
 
 def socket_path(url: str) -> str | None:
@@ -368,7 +365,7 @@ class ExtractorClient:
                 transport = (
                     httpx.AsyncHTTPTransport(limits=_LIMITS)
                     if path is None
-                    else UnixSocketTransport(path, send_buffer=UNIX_SEND_BUFFER)
+                    else UnixSocketTransport(path)
                 )
             client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
             self._aclients[path] = client

@@ -284,12 +284,12 @@ def test_client_over_a_unix_socket(loaded, tmp_path) -> None:
         assert np.array_equal(asyncio.run(async_call()).bits, bits)  # type: ignore[attr-defined]
 
         # a 32-image body leaves in one write, not one per default-sized send buffer
-        from extractor.client import UNIX_SEND_BUFFER, UNIX_SOCKET_OPTIONS
-        from extractor.unix_transport import UnixSocketTransport
+        from extractor.client import UNIX_SOCKET_OPTIONS
+        from extractor.unix_transport import SEND_BUFFER, UnixSocketTransport
 
         c = ExtractorClient(f"unix:{sock}")
         lean = c._async_client(f"unix:{sock}")._transport  # type: ignore[attr-defined]
-        assert isinstance(lean, UnixSocketTransport) and lean.send_buffer == UNIX_SEND_BUFFER
+        assert isinstance(lean, UnixSocketTransport) and lean.send_buffer == SEND_BUFFER
         sync = c._sync_client(f"unix:{sock}")._transport  # type: ignore[attr-defined]
         assert sync._pool._socket_options == UNIX_SOCKET_OPTIONS
         assert c._async_client("http://127.0.0.1:1")._transport._pool._socket_options is None  # type: ignore[attr-defined]
