@@ -182,13 +182,19 @@ def decode_image(
     return rgb
 
 
+def _resize_side(pretrained_cfg: dict[str, Any]) -> int:
+    """The side `preprocess` resizes an image's shorter side to."""
+    _, out_h, out_w = (int(v) for v in pretrained_cfg["input_size"])
+    return int(pretrained_cfg.get("resize", max(out_h, out_w)))
+
+
 def preprocess(img: Image.Image, pretrained_cfg: dict[str, Any]) -> torch.Tensor:
     """timm-style eval transform: resize the shorter side, center crop, scale to [0,1], normalise.
 
     Returns a float32 tensor (3, H, W) with H, W from `pretrained_cfg["input_size"]`.
     """
     _, out_h, out_w = (int(v) for v in pretrained_cfg["input_size"])
-    resize = int(pretrained_cfg.get("resize", max(out_h, out_w)))
+    resize = _resize_side(pretrained_cfg)
     interpolation = {
         "bilinear": Image.Resampling.BILINEAR,
         "bicubic": Image.Resampling.BICUBIC,
@@ -264,7 +270,7 @@ def load_tensor(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
     """decode_image + preprocess: the whole path from upload bytes to a network input (3, H, W)."""
-    side = JPEG_DRAFT_FACTOR * int(pretrained_cfg.get("resize", max(pretrained_cfg["input_size"])))
+    side = JPEG_DRAFT_FACTOR * _resize_side(pretrained_cfg)
     img = decode_image(data, filename, max_pixels=max_pixels, min_side=side)
     return preprocess(img, pretrained_cfg)
 
