@@ -194,6 +194,12 @@ def targets(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     threads: int = typer.Option(2, help="torch threads"),
     seed: int = typer.Option(0),
+    map_grid: int = typer.Option(
+        0,
+        min=0,
+        help="also store the teacher's intermediate maps pooled to this grid "
+        "(for `train --map-weight`); 0 stores none",
+    ),
 ) -> None:
     """Run the teacher once over fixed corpus views and store its outputs for `train --targets`.
 
@@ -205,6 +211,7 @@ def targets(
     cfg = TargetConfig(
         views=views, teacher_size=teacher_size, store_side=store_side, seed=seed,
         threads=threads, corpus=CorpusConfig(side=teacher_size, procedural_train=procedural),
+        map_grid=map_grid,
     )  # fmt: skip
     with _exit_on(ValueError):
         store = build_targets(cfg, out, device=device, echo=typer.echo)
@@ -261,6 +268,12 @@ def train(
         "teacher's outputs precomputed; its corpus and teacher size replace the options here",
     ),
     cos_weight: float = typer.Option(2.0, help="weight of the feature-cosine loss"),
+    map_weight: float = typer.Option(
+        0.0, help="weight of the loss on the first stages' maps against the teacher's (0: off)"
+    ),
+    map_grid: int = typer.Option(
+        4, min=1, help="grid the stage maps are pooled to, online (a store has its own)"
+    ),
     mix: float = typer.Option(
         0.8, help="share of online batches mixed (half mixup, half cutmix); 0 turns it off"
     ),
@@ -305,6 +318,7 @@ def train(
                 eval_minutes=eval_minutes, seed=seed, command=command_line(),
                 corpus=CorpusConfig(procedural_train=procedural, seed=seed),
                 targets=None if targets is None else str(targets), cos_weight=cos_weight,
+                map_weight=map_weight, map_grid=map_grid,
                 p_mixup=mix / 2, p_cutmix=mix / 2,
             )  # fmt: skip
             trainer = Trainer(cfg)

@@ -15,10 +15,12 @@ import copy
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
+    "MAP_CHANNELS",
     "TEACHER_NAME",
     "EfficientNetLite0",
     "TeacherWeightsMissing",
@@ -41,6 +43,14 @@ _STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
+
+
+# Stages whose output maps are distillation targets for the student's stages (`forward_maps`):
+# the ends of the 40-, 112- and 320-channel stages, at 1/8, 1/16 and 1/32 of the input side: at
+# 224 px the same 28, 14 and 7 px grids as the student's first three stages at 112 px.
+MAP_STAGES: tuple[int, ...] = (2, 4, 6)
+MAP_CHANNELS: tuple[int, ...] = tuple(_STAGES[i][4] for i in MAP_STAGES)
+_MAP_BLOCKS = {sum(r for r, *_ in _STAGES[: i + 1]) - 1 for i in MAP_STAGES}  # last block of each
 
 
 class TeacherWeightsMissing(RuntimeError):
@@ -104,11 +114,23 @@ class EfficientNetLite0(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) normalized input -> (B, 1280) globally average-pooled features."""
+        return self._forward(x, None)[0]
+
+    def forward_maps(self, x: Tensor, grid: int) -> tuple[Tensor, Tensor]:
+        """(pooled features (B, 1280), the `MAP_STAGES` outputs, each average-pooled to a
+        grid x grid map, flattened and concatenated: (B, grid^2 * sum(MAP_CHANNELS)))."""
+        f, maps = self._forward(x, grid)
+        return f, torch.cat(maps, 1)
+
+    def _forward(self, x: Tensor, grid: int | None) -> tuple[Tensor, list[Tensor]]:
+        maps = []
         x = self.act(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        for i, block in enumerate(self._blocks):
             x = block(x)
+            if grid is not None and i in _MAP_BLOCKS:
+                maps.append(F.adaptive_avg_pool2d(x, grid).flatten(1))
         x = self.act(self._bn1(self._conv_head(x)))
-        return x.mean(dim=(2, 3))
+        return x.mean(dim=(2, 3)), maps
 
     def forward_head(self, f: Tensor) -> Tensor:
         return self._fc(f)  # (B, 1000) ImageNet logits

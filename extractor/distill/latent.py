@@ -3,9 +3,9 @@
 A packed checkpoint keeps only the signs of the binary weights; continuing from it (`--init`)
 restarts the latent weights from random magnitudes. `state.pt` keeps everything, but with the
 optimizer moments in float32 it is too large to commit and lives in an ignored run directory
-(docs/distillation.md, "Running it"). This file is
-the middle: every tensor of the student and the feature projection in float16 (latent weights,
-thresholds, BN statistics, the 1000-way head), plus the run's config, step, images seen,
+(docs/distillation.md, "Running it"). This file is the middle: every tensor of the student and
+the feature (and map) projections in float16 (latent weights, thresholds, BN statistics, the
+1000-way head), plus the run's config, step, images seen,
 training time and history in the safetensors metadata. `Trainer.from_latent` rebuilds the run at
 the same schedule position with fresh Adam moments (the learning rate briefly re-warms, so the
 moments rebuild before full steps are taken).
@@ -32,7 +32,12 @@ _META = "headhub_run"
 def save_latent(trainer: Trainer, path: Path) -> Path:
     """Write the run's latent state (float16 tensors + JSON position) to `path`."""
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, module in (("student.", trainer.student), ("proj.", trainer.proj)):
+    modules = (
+        ("student.", trainer.student),
+        ("proj.", trainer.proj),
+        ("map_proj.", trainer.map_proj),
+    )
+    for prefix, module in modules:
         for k, v in module.state_dict().items():
             v = v.detach().cpu()
             tensors[prefix + k] = v.half().contiguous() if v.is_floating_point() else v.contiguous()
@@ -53,7 +58,8 @@ def save_latent(trainer: Trainer, path: Path) -> Path:
 
 
 def load_latent(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
-    """(position metadata, {"student": state dict, "proj": state dict}) in float32."""
+    """(position metadata, {"student": ..., "proj": ..., ["map_proj": ...]} state dicts) in
+    float32."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
@@ -63,5 +69,5 @@ def load_latent(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.T
     states: dict[str, dict[str, torch.Tensor]] = {"student": {}, "proj": {}}
     for k, v in load_file(str(path)).items():
         part, _, name = k.partition(".")
-        states[part][name] = v.float() if v.is_floating_point() else v
+        states.setdefault(part, {})[name] = v.float() if v.is_floating_point() else v
     return json.loads(raw), states

@@ -8,6 +8,8 @@ crops with flips and a light colour jitter, seeded), runs the teacher on each on
     views.u8     (N, 3, S, S) uint8   the view, downsampled to `store_side` for the student
     logits.f16   (N, 1000)    float16 the teacher's logits on the full-size view
     feats.f16    (N, 1280)    float16 the teacher's pooled features
+    maps.f16     (N, M)       float16 with `map_grid` > 0: three of the teacher's intermediate maps,
+                              each pooled to map_grid x map_grid (`EfficientNetLite0.forward_maps`)
 
 `meta.json` records the config, each source's range of rows and how many rows are done. Views
 are drawn in chunks whose generator is seeded by (seed, source, chunk), so building can stop
@@ -38,7 +40,13 @@ from torch import Tensor
 
 from extractor.distill.augment import sample_views
 from extractor.distill.corpus import Corpus, CorpusConfig, build_corpus
-from extractor.teacher import TEACHER_NAME, EfficientNetLite0, load_teacher, normalize_uint8
+from extractor.teacher import (
+    MAP_CHANNELS,
+    TEACHER_NAME,
+    EfficientNetLite0,
+    load_teacher,
+    normalize_uint8,
+)
 
 __all__ = ["TargetConfig", "TargetStore", "build_targets"]
 
@@ -55,10 +63,15 @@ class TargetConfig:
     jitter: float = 0.2  # brightness/contrast/saturation jitter, 10% greyscale
     seed: int = 0
     threads: int = 2
+    map_grid: int = 0  # > 0: also store the teacher's intermediate maps pooled to this grid
     corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(side=224))
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+    @property
+    def map_dim(self) -> int:
+        return self.map_grid**2 * sum(MAP_CHANNELS)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TargetConfig:
@@ -106,6 +119,10 @@ class TargetStore:
             mode,
             shape=(self.size, EfficientNetLite0.FEATURE_DIM),
         )
+        self.maps = None
+        if self.config.map_grid:
+            shape = (self.size, self.config.map_dim)
+            self.maps = np.memmap(self.root / "maps.f16", np.float16, mode, shape=shape)
 
     @property
     def complete(self) -> bool:
@@ -114,13 +131,16 @@ class TargetStore:
     def __len__(self) -> int:
         return self.size
 
-    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(views float 0..255 (B, 3, S, S), teacher features (B, 1280), logits (B, 1000))."""
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(views float 0..255 (B, 3, S, S), teacher features (B, 1280), logits (B, 1000),
+        intermediate maps (B, map_dim) or None without them)."""
         order = np.sort(idx.numpy())  # sorted reads are kinder to the page cache
-        x = torch.from_numpy(np.ascontiguousarray(self.views[order])).float()
-        f = torch.from_numpy(np.ascontiguousarray(self.feats[order])).float()
-        lg = torch.from_numpy(np.ascontiguousarray(self.logits[order])).float()
-        return x, f, lg
+
+        def rows(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a[order])).float()
+
+        maps = None if self.maps is None else rows(self.maps)
+        return rows(self.views), rows(self.feats), rows(self.logits), maps
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -128,6 +148,7 @@ class TargetStore:
             "size": self.size,
             "teacher_size": self.config.teacher_size,
             "store_side": self.config.store_side,
+            "map_grid": self.config.map_grid,
             "sources": self.meta["sources"],
             "corpus": self.meta["corpus"],
         }
@@ -137,11 +158,14 @@ def _create(cfg: TargetConfig, root: Path, corpus: Corpus) -> None:
     ranges = _allocate(corpus, cfg.views)
     size = sum(r["count"] for r in ranges)
     s = cfg.store_side
-    for name, shape, dtype in (
+    arrays = [
         ("views.u8", (size, 3, s, s), np.uint8),
         ("logits.f16", (size, 1000), np.float16),
         ("feats.f16", (size, EfficientNetLite0.FEATURE_DIM), np.float16),
-    ):
+    ]
+    if cfg.map_grid:
+        arrays.append(("maps.f16", (size, cfg.map_dim), np.float16))
+    for name, shape, dtype in arrays:
         np.memmap(root / name, dtype, "w+", shape=shape).flush()
     chunks = sum(-(-r["count"] // CHUNK) for r in ranges)
     _write_meta(
@@ -205,17 +229,22 @@ def build_targets(
         x = sample_views(
             [by_name[r["name"]]], n, cfg.teacher_size, gen, scale=cfg.crop_scale, jitter=cfg.jitter
         )
+        rows = slice(r["start"] + k * CHUNK, r["start"] + k * CHUNK + n)
         with torch.no_grad():
             t_in = normalize_uint8(x).to(device).contiguous(memory_format=torch.channels_last)
-            f = teacher.forward_features(t_in)
+            if cfg.map_grid:
+                f, maps = teacher.forward_maps(t_in, cfg.map_grid)
+                store.maps[rows] = maps.cpu().half().numpy()  # type: ignore[index]
+            else:
+                f = teacher.forward_features(t_in)
             lg = teacher.forward_head(f)
         small = F.interpolate(x, size=cfg.store_side, mode="bilinear", antialias=True)
-        rows = slice(r["start"] + k * CHUNK, r["start"] + k * CHUNK + n)
         store.views[rows] = small.round().clamp(0, 255).to(torch.uint8).numpy()
         store.feats[rows] = f.cpu().half().numpy()
         store.logits[rows] = lg.cpu().half().numpy()
-        for a in (store.views, store.feats, store.logits):
-            a.flush()
+        for a in (store.views, store.feats, store.logits, store.maps):
+            if a is not None:
+                a.flush()
         store.meta["done_chunks"] = i + 1
         store.meta["teacher_seconds"] += time.monotonic() - t0
         _write_meta(root, store.meta)

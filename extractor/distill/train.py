@@ -3,6 +3,10 @@
 Loss per batch (no labels anywhere):
     KL(softmax(t / T) || softmax(s / T)) * T^2          (Hinton et al. 2015; T = 4)
   + cos_weight * (1 - cos(P f_s, f_t))                  (pooled features; P is a throwaway linear)
+  + map_weight * mean_k (1 - cos(Q_k m_s^k, m_t^k))     (optional: stage k's map of the student
+                                                         and the teacher, pooled to a small grid;
+                                                         Q_k a throwaway 1x1 conv, as FitNets'
+                                                         hints, Romero et al. 2015)
 The teacher labels each augmented (and mixed) view online, on the very crop the student sees
 (Beyer et al. 2022, "function matching"). Adam, linear warm-up then cosine decay. Two stages
 (ReActNet, Liu et al. 2020): stage 1 keeps one of {weights, activations} real, stage 2 is fully
@@ -44,7 +48,13 @@ from extractor.distill.warmstart import load_trainable
 from extractor.layers import set_binarize
 from extractor.models import DEFAULT_ARCH, create_model
 from extractor.quantizers import clip_latent_weights_
-from extractor.teacher import TEACHER_NAME, EfficientNetLite0, load_teacher, normalize_uint8
+from extractor.teacher import (
+    MAP_CHANNELS,
+    TEACHER_NAME,
+    EfficientNetLite0,
+    load_teacher,
+    normalize_uint8,
+)
 
 __all__ = ["DistillError", "TrainConfig", "Trainer", "lr_at"]
 
@@ -71,6 +81,8 @@ class TrainConfig:
     stage1_real: str = "weights"  # "weights" (ReActNet), "activations", or "none"
     temperature: float = 4.0
     cos_weight: float = 2.0
+    map_weight: float = 0.0  # > 0: also match the teacher's intermediate maps (hint loss)
+    map_grid: int = 4  # their pooled grid, online; a target store's own grid replaces it
     teacher_size: int = 128  # the teacher sees the crop at this size; the student, downsampled
     crop_scale: tuple[float, float] = (0.25, 1.0)
     p_mixup: float = 0.4
@@ -151,7 +163,6 @@ class Trainer:
         dims = int(self.student.feature_dim), EfficientNetLite0.FEATURE_DIM
         self.proj = nn.Linear(*dims).to(self.device)  # throwaway: student -> teacher features
         self.params = list(self.student.parameters()) + list(self.proj.parameters())
-        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.rewarm_from: float | None = None  # progress at which a latent continuation began
@@ -167,6 +178,21 @@ class Trainer:
             # calibration) and its teacher resolution.
             cfg.corpus = self.store.config.corpus
             cfg.teacher_size = self.store.config.teacher_size
+            cfg.map_grid = self.store.config.map_grid
+        # Hint loss: one throwaway 1x1 conv per matched stage, student width -> teacher's.
+        self.map_proj = nn.ModuleList()
+        if cfg.map_weight > 0:
+            if not cfg.map_grid or not hasattr(self.student, "forward_maps"):
+                raise DistillError(
+                    "--map-weight needs a student with forward_maps and teacher maps: build the "
+                    "target store with --map-grid"
+                )
+            widths = self.student.config.widths
+            self.map_proj = nn.ModuleList(
+                nn.Conv2d(cs, ct, 1) for cs, ct in zip(widths, MAP_CHANNELS, strict=False)
+            ).to(self.device)
+        self.params += list(self.map_proj.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
         self.corpus: Corpus = build_corpus(cfg.corpus)
         self._val = self._val_targets()
 
@@ -176,6 +202,7 @@ class Trainer:
             "config": self.cfg.to_json(),
             "student": self.student.state_dict(),
             "proj": self.proj.state_dict(),
+            "map_proj": self.map_proj.state_dict(),
             "opt": self.opt.state_dict(),
             "gen": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -193,6 +220,7 @@ class Trainer:
         self._set_stage()  # the stage decides which parameters the forward uses; set it first
         self.student.load_state_dict(s["student"])
         self.proj.load_state_dict(s["proj"])
+        self.map_proj.load_state_dict(s.get("map_proj", {}))
         self.opt.load_state_dict(s["opt"])
         self.gen.set_state(s["gen"])
         torch.set_rng_state(s["torch_rng"])
@@ -226,6 +254,7 @@ class Trainer:
         trainer._set_stage()
         trainer.student.load_state_dict(states["student"])
         trainer.proj.load_state_dict(states["proj"])
+        trainer.map_proj.load_state_dict(states.get("map_proj", {}))
         trainer.images_seen = int(meta["images_seen"])
         trainer.history = list(meta["history"])
         trainer.baseline = meta["baseline"]
@@ -276,14 +305,34 @@ class Trainer:
         return mix(x, gen, c.p_mixup, c.p_cutmix).to(self.device)
 
     @torch.no_grad()
-    def _teach(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        f = self.teacher.forward_features(normalize_uint8(x).contiguous(memory_format=CL))
-        return f, self.teacher.forward_head(f)
+    def _teach(self, x: Tensor, grid: int = 0) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(features, logits, intermediate maps pooled to grid x grid, or None if grid is 0)."""
+        t_in = normalize_uint8(x).contiguous(memory_format=CL)
+        maps = None
+        if grid:
+            f, maps = self.teacher.forward_maps(t_in, grid)
+        else:
+            f = self.teacher.forward_features(t_in)
+        return f, self.teacher.forward_head(f), maps
 
-    def _student(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _student(self, x: Tensor, maps: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(features, logits, the stage maps when asked, else [])."""
         s_in = student_input(x, self.student.pretrained_cfg).contiguous(memory_format=CL)
-        f = self.student.forward_features(s_in)
-        return f, self.student.forward_head(f)
+        if maps:
+            f, stage_maps = self.student.forward_maps(s_in)
+        else:
+            f, stage_maps = self.student.forward_features(s_in), []
+        return f, self.student.forward_head(f), stage_maps
+
+    def _map_loss(self, student_maps: list[Tensor], teacher_maps: Tensor) -> Tensor:
+        """Mean over matched stages of 1 - cos(Q_k pool(m_s^k), m_t^k), maps flattened."""
+        g = self.cfg.map_grid
+        targets = teacher_maps.split([c * g * g for c in MAP_CHANNELS], dim=1)
+        losses = [
+            1 - F.cosine_similarity(q(F.adaptive_avg_pool2d(m, g)).flatten(1), t, dim=-1).mean()
+            for q, m, t in zip(self.map_proj, student_maps, targets, strict=False)
+        ]
+        return torch.stack(losses).mean()
 
     def _loss(self, sf: Tensor, sl: Tensor, tf: Tensor, tl: Tensor) -> tuple[Tensor, Tensor]:
         t = self.cfg.temperature
@@ -304,29 +353,40 @@ class Trainer:
             lr *= min(1.0, max((p - self.rewarm_from) / self.cfg.warmup_frac, 0.01))
         for g in self.opt.param_groups:
             g["lr"] = lr
+        hints = len(self.map_proj) > 0
         if self.store is not None:
             idx = torch.randint(len(self.store), (self.cfg.batch,), generator=self.gen)
-            x, tf, tl = (t.to(self.device) for t in self.store.batch(idx))
+            x, tf, tl, tm = (
+                None if t is None else t.to(self.device) for t in self.store.batch(idx)
+            )
         else:
             x = self._batch(self.gen)
-            tf, tl = self._teach(x)
-        sf, sl = self._student(x)
+            tf, tl, tm = self._teach(x, self.cfg.map_grid if hints else 0)
+        sf, sl, sm = self._student(x, maps=hints)
         kl, cos = self._loss(sf, sl, tf, tl)
         loss = kl + self.cfg.cos_weight * cos
+        hint = self._map_loss(sm, tm) if hints else torch.zeros(())
+        loss = loss + self.cfg.map_weight * hint
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         clip_latent_weights_(self.student)
         self.step += 1
         self.images_seen += x.shape[0]
-        return {"loss": loss.item(), "kl": kl.item(), "cos": cos.item(), "lr": lr}
+        return {
+            "loss": loss.item(),
+            "kl": kl.item(),
+            "cos": cos.item(),
+            "map": hint.item(),
+            "lr": lr,
+        }
 
     # ---- evaluation -----------------------------------------------------------------------
     def _val_targets(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
         out = {}
         for src in self.corpus.val:
             x = full_views(src, self.cfg.teacher_size)
-            fs, ls = zip(*(self._teach(c.to(self.device)) for c in x.split(128)), strict=True)
+            fs, ls, _ = zip(*(self._teach(c.to(self.device)) for c in x.split(128)), strict=True)
             out[src.name] = (x, torch.cat(fs).cpu(), torch.cat(ls).cpu())
         return out
 
@@ -338,7 +398,9 @@ class Trainer:
         res: dict[str, float] = {}
         agree_all, n_all, cos_all = 0.0, 0, 0.0
         for name, (x, tf, tl) in self._val.items():
-            sfs, sls = zip(*(self._student(c.to(self.device)) for c in x.split(128)), strict=True)
+            sfs, sls, _ = zip(
+                *(self._student(c.to(self.device)) for c in x.split(128)), strict=True
+            )
             sf, sl = torch.cat(sfs), torch.cat(sls)
             tf, tl = tf.to(self.device), tl.to(self.device)
             agree = (sl.argmax(-1) == tl.argmax(-1)).float()
@@ -414,7 +476,8 @@ class Trainer:
                 stage = 1 if self.in_stage1() else 2
                 self._log(
                     f"step {self.step} ({100 * p:.1f}%) stage {stage} {ips:.1f} img/s "
-                    f"loss {avg['loss']:.4f} (kl {avg['kl']:.4f} cos {avg['cos']:.4f}) "
+                    f"loss {avg['loss']:.4f} (kl {avg['kl']:.4f} cos {avg['cos']:.4f} "
+                    f"map {avg['map']:.4f}) "
                     f"lr {avg['lr']:.2e} eta {eta / 60:.1f} min",
                     {
                         "kind": "train",
@@ -460,7 +523,7 @@ class Trainer:
         feats, logits, tfeats = [], [], []
         for _ in range(batches):
             x = self._batch(gen)
-            tf, tl = self._teach(x)
+            tf, tl, _ = self._teach(x)
             feats.append(self._student(x)[0])
             logits.append(tl)
             tfeats.append(tf)
@@ -486,7 +549,8 @@ class Trainer:
             "minutes": round(self.train_seconds / 60, 1),
             "command": self.cfg.command,
             "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "loss": "KL(T=4)*T^2 + cos_weight*(1-cos) on teacher pooled features",
+            "loss": "KL(T=4)*T^2 + cos_weight*(1-cos) on teacher pooled features"
+            + (f" + {self.cfg.map_weight}*(1-cos) on 3 stage maps" if len(self.map_proj) else ""),
             "heldout_agreement": None if last is None else round(last["agree"], 4),
             "heldout_cosine": None if last is None else round(last["cos"], 4),
             "random_init_agreement": None

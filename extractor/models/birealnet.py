@@ -134,6 +134,15 @@ class BiRealNet(nn.Module):
             x = step(x)
         return x
 
+    def forward_maps(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(`forward_features`, every stage's output map): distillation's intermediate targets."""
+        x = self.stem(x)
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return self.feature_norm(self.pool(self.final(x))), maps
+
     def forward_head(self, f: Tensor) -> Tensor:
         return self.head(f)  # (B, num_classes)
 

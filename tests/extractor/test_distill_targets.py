@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,8 +109,9 @@ def test_target_store_holds_the_teachers_outputs_for_its_views(tmp_path: Path) -
     store = build_targets(_targets(tmp_path), tmp_path / "store", echo=lambda _: None)
     assert store.complete and len(store) == 150
     assert store.meta["sources"] == [{"name": "procedural", "start": 0, "count": 150}]
-    x, f, lg = store.batch(torch.tensor([0, 7, 149]))
+    x, f, lg, maps = store.batch(torch.tensor([0, 7, 149]))
     assert x.shape == (3, 3, 24, 24) and f.shape == (3, 1280) and lg.shape == (3, 1000)
+    assert maps is None  # stored only when asked for (map_grid)
     assert x.max() > 0 and f.abs().sum() > 0
     # The stored features are the teacher's on the full-size view: re-run it on row 0's view.
     from extractor.distill.augment import sample_views
@@ -165,6 +167,69 @@ def test_training_on_a_target_store_never_runs_the_teacher(tmp_path: Path) -> No
     assert np.isfinite(out["loss"])
     after = trainer.student.parameters()
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_a_store_can_keep_the_teachers_stage_maps(tmp_path: Path) -> None:
+    from extractor.distill.augment import sample_views
+    from extractor.distill.targets import _chunk_seed
+    from extractor.distill.train import load_teacher
+    from extractor.teacher import MAP_CHANNELS, normalize_uint8
+
+    cfg = dataclasses.replace(_targets(tmp_path, views=70), map_grid=2)
+    store = build_targets(cfg, tmp_path / "store", echo=lambda _: None)
+    _, f, _, maps = store.batch(torch.tensor([0, 69]))
+    assert maps is not None and maps.shape == (2, 4 * sum(MAP_CHANNELS))
+    corpus = build_corpus(cfg.corpus)
+    gen = torch.Generator().manual_seed(_chunk_seed(0, "procedural", 0))
+    view = sample_views(corpus.train, CHUNK, 64, gen, scale=(0.3, 1.0), jitter=0.2)[:1]
+    teacher = load_teacher("cpu", fold_bn=True)
+    with torch.no_grad():
+        expect_f, expect_maps = teacher.forward_maps(normalize_uint8(view), 2)
+        assert torch.allclose(teacher.forward_features(normalize_uint8(view)), expect_f)
+    assert torch.allclose(f[0], expect_f[0], atol=2e-2, rtol=1e-2)
+    assert torch.allclose(maps[0], expect_maps[0], atol=2e-2, rtol=1e-2)
+    # the 7 x 7 map of the last tapped stage pooled to 2 x 2 is not all zeros
+    assert maps[0, -4 * MAP_CHANNELS[-1] :].abs().sum() > 0
+
+
+def test_the_hint_loss_trains_its_projections_and_continues_from_the_latent_file(
+    tmp_path: Path,
+) -> None:
+    from extractor.distill.latent import LATENT_SUFFIX
+    from extractor.distill.train import DistillError
+
+    plain = build_targets(_targets(tmp_path, views=70), tmp_path / "plain", echo=lambda _: None)
+    cfg = dataclasses.replace(_targets(tmp_path, views=70), map_grid=2)
+    store = build_targets(cfg, tmp_path / "maps", echo=lambda _: None)
+    run = TrainConfig(
+        out=tmp_path / "run",
+        steps=10,
+        batch=4,
+        arch_overrides=TINY_ARCH,
+        corpus=_corpus(tmp_path),
+        targets=str(plain.root),
+        map_weight=1.0,
+        ckpt_minutes=1e9,
+        eval_minutes=1e9,
+        log_seconds=1e9,
+        threads=1,
+        stage1_real="none",
+    )
+    with pytest.raises(DistillError, match="--map-grid"):
+        Trainer(run)  # a store without maps cannot feed the hint loss
+    trainer = Trainer(dataclasses.replace(run, targets=str(store.root)))
+    assert len(trainer.map_proj) == 2  # the tiny student's two stages, the teacher's first two
+    before = [p.detach().clone() for p in trainer.map_proj.parameters()]
+    out = [trainer.train_step() for _ in range(3)][-1]
+    assert 0 < out["map"] <= 2 and np.isfinite(out["loss"])
+    after = list(trainer.map_proj.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    trainer.save()
+    again = Trainer.from_latent(tmp_path / "run" / f"run{LATENT_SUFFIX}", tmp_path / "again")
+    for a, b in zip(
+        trainer.map_proj.state_dict().values(), again.map_proj.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
 
 
 def test_a_run_continues_from_its_small_latent_file(tmp_path: Path) -> None:
