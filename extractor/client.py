@@ -14,8 +14,9 @@ for is skipped like a busy one; when none does, `ExtractorNotServed` says so.
 The hop is kept cheap (bench/results/profile.md): connections are kept alive and pooled per
 replica (HTTP/1.1), images travel framed (`application/x-headhub-images`, no multipart
 encoding or parsing), and a replica on the same host may be a Unix socket, `unix:/path/x.sock`
-(what `headhub up` uses), which skips the TCP stack; the async client speaks to a socket through
-`extractor.unix_transport`, a few lines of asyncio and httptools in place of httpx's own stack.
+(what `headhub up` uses), which skips the TCP stack. The async client (the API's) speaks plain
+HTTP, socket or TCP, through `extractor.transport`, a few lines of asyncio and httptools in place
+of httpx's own stack; `https:` replicas keep httpx's transport.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import httpx
 import numpy as np
 
 from extractor.packing import pack_signs
-from extractor.unix_transport import SEND_BUFFER, UnixSocketTransport
+from extractor.transport import SEND_BUFFER, LeanTransport
 from extractor.wire import (
     CONTENT_TYPE,
     IMAGES_CONTENT_TYPE,
@@ -55,7 +56,7 @@ UNIX_PREFIX = "unix:"
 # Enough idle connections for every concurrent request of a busy API process to reuse one.
 _LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30)
 # The blocking client (httpx's own transport) sets the same large send buffer on a Unix socket
-# as the async one (`unix_transport.SEND_BUFFER`, why there); TCP autotunes.
+# as the async one (`transport.SEND_BUFFER`, why there); TCP autotunes.
 UNIX_SOCKET_OPTIONS = [(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)]
 
 
@@ -356,19 +357,23 @@ class ExtractorClient:
         return encode_images(list(files)), headers
 
     # -- async ----------------------------------------------------------------------------------
-    def _async_client(self, url: str | None = None) -> httpx.AsyncClient:
-        path = None if url is None or self._transport is not None else socket_path(url)
-        client = self._aclients.get(path)
+    def _async_client(self, url: str) -> httpx.AsyncClient:
+        """One client per Unix socket, one for every `http:` replica, one for `https:`."""
+        path = socket_path(url)
+        key = "https" if url.startswith("https:") else path
+        if self._transport is not None:
+            key = None
+        client = self._aclients.get(key)
         if client is None:
             transport: httpx.AsyncBaseTransport | None = self._transport
             if transport is None:
                 transport = (
                     httpx.AsyncHTTPTransport(limits=_LIMITS)
-                    if path is None
-                    else UnixSocketTransport(path)
+                    if key == "https"
+                    else LeanTransport(path)
                 )
             client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
-            self._aclients[path] = client
+            self._aclients[key] = client
         return client
 
     async def _ainfo(

@@ -285,14 +285,20 @@ def test_client_over_a_unix_socket(loaded, tmp_path) -> None:
 
         # a 32-image body leaves in one write, not one per default-sized send buffer
         from extractor.client import UNIX_SOCKET_OPTIONS
-        from extractor.unix_transport import SEND_BUFFER, UnixSocketTransport
+        from extractor.transport import SEND_BUFFER, LeanTransport
 
         c = ExtractorClient(f"unix:{sock}")
         lean = c._async_client(f"unix:{sock}")._transport  # type: ignore[attr-defined]
-        assert isinstance(lean, UnixSocketTransport) and lean.send_buffer == SEND_BUFFER
+        assert isinstance(lean, LeanTransport) and lean.uds == str(sock)
+        assert lean.send_buffer == SEND_BUFFER
         sync = c._sync_client(f"unix:{sock}")._transport  # type: ignore[attr-defined]
         assert sync._pool._socket_options == UNIX_SOCKET_OPTIONS
-        assert c._async_client("http://127.0.0.1:1")._transport._pool._socket_options is None  # type: ignore[attr-defined]
+        # plain TCP goes through the lean transport too (one for every host); TLS keeps httpx's
+        tcp = c._async_client("http://127.0.0.1:1")._transport  # type: ignore[attr-defined]
+        assert isinstance(tcp, LeanTransport) and tcp.uds is None
+        assert c._async_client("http://10.0.0.2:8001")._transport is tcp  # type: ignore[attr-defined]
+        tls = c._async_client("https://127.0.0.1:1")._transport  # type: ignore[attr-defined]
+        assert isinstance(tls, httpx.AsyncHTTPTransport)
     finally:
         server.should_exit = True
         thread.join(10)

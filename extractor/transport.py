@@ -1,10 +1,12 @@
-"""HTTP/1.1 over an extractor's Unix socket, for the API's hop: httpx's interface, a lean inside.
+"""Plain HTTP/1.1 for the API's hop to its extractors: httpx's interface, a lean inside.
 
-`headhub up` puts the extractor on a Unix socket beside the API, and every prediction crosses it
-once. Through httpx the crossing cost about 3 ms of Python on a 2-core AVX2 host where a plain
-asyncio exchange on the same socket cost none of that (bench/results/profile.md, "Round 2").
-`UnixSocketTransport` is that plain exchange behind `httpx.AsyncBaseTransport`, so the client
-keeps httpx's requests, responses, timeouts and errors, and `extractor.client` its failover:
+Every prediction crosses from the API to an extractor once: over a Unix socket under `headhub up`,
+over TCP between containers. Through httpx's own transport the crossing cost about 3 ms of Python
+on a 2-core AVX2 host where a plain asyncio exchange on the same socket cost none of that
+(bench/results/profile.md, "Round 2"). `LeanTransport` is that plain exchange behind
+`httpx.AsyncBaseTransport`, so the client keeps httpx's requests, responses, timeouts and errors,
+and `extractor.client` its failover. It speaks `http:` only (TLS stays with httpx's transport),
+to one Unix socket (`uds`) or to each request's host and port:
 
 - connections are kept alive and reused, newest first; one that the server closed while idle
   is noticed before reuse, and a request that finds its reused connection dead before any byte of
@@ -27,12 +29,12 @@ from dataclasses import dataclass
 import httptools
 import httpx
 
-__all__ = ["SEND_BUFFER", "UnixSocketTransport"]
+__all__ = ["SEND_BUFFER", "LeanTransport"]
 
 # A Unix socket's send buffer defaults to net.core.wmem_default (208 KiB), so a 32-image request
 # (~3 MB) leaves in ~15 writes, each waiting for the extractor to drain the last one: a
 # scheduling round trip apiece on a busy host (~4% of such a request, bench/results/profile.md).
-# 4 MiB lets it go at once; the kernel caps the value at net.core.wmem_max.
+# 4 MiB lets it go at once; the kernel caps the value at net.core.wmem_max. TCP autotunes.
 SEND_BUFFER = 4 << 20
 
 
@@ -96,70 +98,85 @@ class _Connection:
         self.writer.close()
 
 
-class UnixSocketTransport(httpx.AsyncBaseTransport):
+class LeanTransport(httpx.AsyncBaseTransport):
     def __init__(
         self,
-        path: str,
+        uds: str | None = None,
         *,
         max_idle: int = 64,
         keepalive_expiry: float = 4.0,
         send_buffer: int = SEND_BUFFER,
         max_response_bytes: int = 256 << 20,
     ) -> None:
-        self.path = path
+        self.uds = uds
         self.max_idle = max_idle
         # Below uvicorn's default keep-alive timeout (5 s): we drop an idle connection before
         # the server does, rather than racing its close.
         self.keepalive_expiry = keepalive_expiry
         self.send_buffer = send_buffer
         self.max_response_bytes = max_response_bytes
-        self._idle: list[_Connection] = []
+        self._idle: dict[str, list[_Connection]] = {}  # per origin: the socket, or host:port
 
-    async def _connect(self, timeout: float | None) -> _Connection:
+    async def _connect(self, origin: str, timeout: float | None) -> _Connection:
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(self.path)
+                if self.uds is not None:
+                    reader, writer = await asyncio.open_unix_connection(self.uds)
+                else:  # asyncio sets TCP_NODELAY itself
+                    host, _, port = origin.rpartition(":")
+                    reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"connecting to {self.path} timed out") from None
+            raise httpx.ConnectTimeout(f"connecting to {origin} timed out") from None
         except OSError as exc:
-            raise httpx.ConnectError(f"{self.path}: {exc}") from exc
+            raise httpx.ConnectError(f"{origin}: {exc}") from exc
         sock = writer.get_extra_info("socket")
-        if sock is not None:
+        if self.uds is not None and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         return _Connection(reader, writer)
 
-    def _reusable(self) -> _Connection | None:
+    def _reusable(self, origin: str) -> _Connection | None:
         now = time.monotonic()
-        while self._idle:
-            conn = self._idle.pop()  # newest first: the likeliest to be alive
+        idle = self._idle.get(origin, [])
+        while idle:
+            conn = idle.pop()  # newest first: the likeliest to be alive
             if conn.usable(now, self.keepalive_expiry):
                 return conn
             conn.close()
         return None
 
+    def _origin(self, url: httpx.URL) -> str:
+        if self.uds is not None:
+            return self.uds
+        if url.scheme != "http":
+            raise httpx.UnsupportedProtocol(f"{url.scheme}: is not for this transport (http only)")
+        port = url.port or 80
+        return f"[{url.host}]:{port}" if ":" in url.host else f"{url.host}:{port}"
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
+        origin = self._origin(request.url)
         body = await request.aread()
         head = _head(request, len(body))
-        conn = self._reusable()
+        conn = self._reusable(origin)
         reused = conn is not None
         if conn is None:
-            conn = await self._connect(timeouts.get("connect"))
+            conn = await self._connect(origin, timeouts.get("connect"))
         try:
             try:
-                answer = await self._exchange(conn, head + body, timeouts)
+                answer = await self._exchange(conn, origin, head + body, timeouts)
             except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
                 if not (reused and getattr(exc, "nothing_read", False)):
                     raise
                 conn.close()  # the server closed it while idle: once more on a new connection
-                conn = await self._connect(timeouts.get("connect"))
-                answer = await self._exchange(conn, head + body, timeouts)
+                conn = await self._connect(origin, timeouts.get("connect"))
+                answer = await self._exchange(conn, origin, head + body, timeouts)
         except BaseException:
             conn.close()
             raise
-        if answer.keep_alive and len(self._idle) < self.max_idle:
+        idle = self._idle.setdefault(origin, [])
+        if answer.keep_alive and len(idle) < self.max_idle:
             conn.idle_since = time.monotonic()
-            self._idle.append(conn)
+            idle.append(conn)
         else:
             conn.close()
         return httpx.Response(
@@ -171,16 +188,16 @@ class UnixSocketTransport(httpx.AsyncBaseTransport):
         )
 
     async def _exchange(
-        self, conn: _Connection, data: bytes, timeouts: dict[str, float | None]
+        self, conn: _Connection, origin: str, data: bytes, timeouts: dict[str, float | None]
     ) -> _Answer:
         try:
             conn.writer.write(data)
             async with asyncio.timeout(timeouts.get("write")):
                 await conn.writer.drain()
         except TimeoutError:
-            raise httpx.WriteTimeout(f"writing to {self.path} timed out") from None
+            raise httpx.WriteTimeout(f"writing to {origin} timed out") from None
         except OSError as exc:
-            raise _nothing_read(httpx.WriteError(f"{self.path}: {exc}")) from exc
+            raise _nothing_read(httpx.WriteError(f"{origin}: {exc}")) from exc
         answer = _Answer(self.max_response_bytes)
         got_any = False
         try:
@@ -193,16 +210,17 @@ class UnixSocketTransport(httpx.AsyncBaseTransport):
                 got_any = True
                 answer.feed(chunk)
         except TimeoutError:
-            raise httpx.ReadTimeout(f"reading from {self.path} timed out") from None
+            raise httpx.ReadTimeout(f"reading from {origin} timed out") from None
         except OSError as exc:
-            error = httpx.ReadError(f"{self.path}: {exc}")
+            error = httpx.ReadError(f"{origin}: {exc}")
             raise (error if got_any else _nothing_read(error)) from exc
         return answer
 
     async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
 
 
 def _nothing_read(exc: httpx.TransportError) -> httpx.TransportError:
