@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 
 from bench.load.generator import (
+    CLIENTS,
     LevelResult,
     Send,
     batch_totals,
@@ -51,6 +52,12 @@ from bench.load.scenario import COLOURS, Scenario, synthetic_png
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "load.md"
 HEADHUB = [sys.executable, "-m", "service.commands.cli"]  # the `headhub` console script
+CLIENT_WORDS = {
+    "lean": "httpx's client on `extractor.transport.LeanTransport`, the plain asyncio + httptools "
+    "HTTP/1.1 exchange the API itself uses to call its extractor (`--client httpx`: httpx's own "
+    "transport, about 2-3 ms more client Python a request on these cores, profile.md, Round 3)",
+    "httpx": "httpx's own transport (`--client lean`, the default, is the API's own lean one)",
+}
 
 
 def _free_port_pair() -> int:
@@ -240,6 +247,7 @@ def measure_ratios(
     n: int,
     n32: int,
     c8_seconds: float,
+    client: str = "lean",
     log: Any = print,
 ) -> dict[str, float]:
     """Every "What must hold" number but the training one, in `rounds` interleaved rounds (each
@@ -277,7 +285,9 @@ def measure_ratios(
     errors: Counter[str] = Counter()
 
     def loop(base: str, send: Send, hdr: dict[str, str], c: int, secs: float, req: Any) -> Any:
-        r = asyncio.run(closed_loop(base, send, c, secs, requests=req, headers=hdr, warmup=2))
+        r = asyncio.run(
+            closed_loop(base, send, c, secs, requests=req, headers=hdr, warmup=2, client=client)
+        )
         errors.update({k: v for k, v in r.statuses.items() if k != "200"})
         return r
 
@@ -325,7 +335,8 @@ def report(rows: list[LevelResult], meta: dict[str, str], m: dict[str, float] | 
         f"start and {meta['load']} at the end (the host is shared; other processes seen running "
         f"during the run: {meta['neighbours']}). The "
         "load generator, the API, the extractor, the worker and the peer share those cores; "
-        f"the run took {meta['took']}.",
+        f"the run took {meta['took']}. The load generator's HTTP client, the same for every "
+        f"target: {CLIENT_WORDS[meta['client']]}.",
         "",
     ]
     if m is not None:
@@ -418,6 +429,7 @@ def run(
     out: Path,
     *,
     quick: bool = False,
+    client: str = "lean",
 ) -> str:
     began = time.monotonic()
     load_start = " / ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -452,6 +464,7 @@ def run(
                 n=10 if quick else 50,
                 n32=2 if quick else 6,
                 c8_seconds=1.5 if quick else 6,
+                client=client,
                 log=lambda s: print(s, flush=True),
             )
     background = sc.start_job(
@@ -463,7 +476,7 @@ def run(
     for c in levels:
         seen |= _busy_neighbours()
         before = batch_totals(extractor_url)
-        row = asyncio.run(run_level(url, sc.owner_key, ref, images, c, seconds))
+        row = asyncio.run(run_level(url, sc.owner_key, ref, images, c, seconds, client))
         after = batch_totals(extractor_url)
         if before and after and after[1] > before[1]:
             row.batch_mean = (after[0] - before[0]) / (after[1] - before[1])
@@ -486,6 +499,7 @@ def run(
         "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
         "neighbours": _neighbours(seen | _busy_neighbours()),
         "took": f"{(time.monotonic() - began) / 60:.1f} min",
+        "client": client,
         "job": f"`mlp` head, status `{job['status']}` at the end, progress "
         f"{100 * float(job.get('progress') or 0):.0f}%",
     }
@@ -515,6 +529,13 @@ def main(argv: list[str] | None = None) -> None:
         help="API worker processes (`headhub up --api-workers`)",
     )
     p.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="lean",
+        help="the load generator's HTTP client for every target: the API's own lean transport "
+        "(default) or httpx's",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: fewer requests, levels 1,4 for 2 s each, 8 images per label",
@@ -528,10 +549,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.url:
         if not args.key:
             p.error("--key (or HEADHUB_ADMIN_KEY) is required with --url")
-        text = run(args.url, args.key, args.extractor_url, *rest, quick=args.quick)
+        text = run(
+            args.url, args.key, args.extractor_url, *rest, quick=args.quick, client=args.client
+        )
     else:
         with headhub_up(api_workers=args.api_workers) as (url, key, ext):
-            text = run(url, key, ext, *rest, quick=args.quick)
+            text = run(url, key, ext, *rest, quick=args.quick, client=args.client)
     print(text)
 
 

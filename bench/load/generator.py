@@ -12,6 +12,14 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from extractor.transport import LeanTransport
+
+# The load generator's HTTP client, the same for every target (API, extractor alone, peer):
+# "lean" is the plain asyncio + httptools exchange the API itself uses for its extractor hop
+# (`extractor.transport`), "httpx" httpx's own transport, ~2-3 ms more client Python a request on
+# the same cores as the servers (bench/results/profile.md, "Round 3").
+CLIENTS = ("lean", "httpx")
+
 
 @dataclass
 class LevelResult:
@@ -73,14 +81,19 @@ async def closed_loop(
     requests: int | None = None,
     headers: dict[str, str] | None = None,
     warmup: int = 0,
+    client: str = "lean",
 ) -> LevelResult:
     """`concurrency` clients, each sending `send`'s next request as soon as its last answer
     arrived, for `seconds` (or until `requests` succeeded, with one client), after `warmup`
-    unrecorded requests per client (which also open the connections)."""
+    unrecorded requests per client (which also open the connections). `client`: one of
+    `CLIENTS`."""
     result = LevelResult(concurrency, seconds)
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {CLIENTS}")
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    transport = LeanTransport(max_idle=concurrency) if client == "lean" else None
     async with httpx.AsyncClient(
-        base_url=base_url, timeout=60, limits=limits, headers=headers or {}
+        base_url=base_url, timeout=60, limits=limits, headers=headers or {}, transport=transport
     ) as http:
         for w in range(warmup):
             await asyncio.gather(
@@ -121,12 +134,12 @@ async def run_level(
     images: list[tuple[str, bytes]],
     concurrency: int,
     seconds: float,
+    client: str = "lean",
 ) -> LevelResult:
     """The load table's level: single-image `POST /v1/predict` on one head, top-3."""
     send = multipart_sender("/v1/predict", images, {"heads": head_ref, "top_k": "3"})
-    return await closed_loop(
-        base_url, send, concurrency, seconds, headers={"Authorization": f"Bearer {key}"}
-    )
+    auth = {"Authorization": f"Bearer {key}"}
+    return await closed_loop(base_url, send, concurrency, seconds, headers=auth, client=client)
 
 
 _BATCH = re.compile(r"^extractor_batch_size_(sum|count) (\S+)$", re.M)

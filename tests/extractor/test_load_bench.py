@@ -1,8 +1,10 @@
-"""bench.load's ratio table and its peer server, without starting headhub (`--quick` takes about
-a minute on two cores: too long for the suite)."""
+"""bench.load's ratio table, its load generator and its peer server, without starting headhub
+(`--quick` takes about a minute on two cores: too long for the suite)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import math
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 from PIL import Image
 
 from bench.load.__main__ import report
-from bench.load.generator import LevelResult
+from bench.load.generator import CLIENTS, LevelResult, closed_loop
 from bench.load.ratios import cpu_facts, measures_table, ratio_table, ratios
 
 # One run's numbers (seconds, per second) in which every ratio holds but the per-head one.
@@ -88,12 +90,43 @@ def test_the_report_holds_the_command_date_cpu_load_and_both_tables() -> None:
         "load": "2.0 / 1.5 / 1.0",
         "neighbours": "none",
         "took": "1.0 min",
+        "client": "lean",
         "job": "`mlp` head, status `running` at the end, progress 10%",
     }
     text = report([row], meta, MEASURED)
     model, isa = cpu_facts()
     for part in (meta["command"], meta["when"], meta["load"], model, isa, "| FAIL |", "| 1 | "):
         assert part in text
+    assert "LeanTransport" in text  # which HTTP client measured every target
+
+
+async def test_the_load_generator_counts_answers_with_either_client() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                body = await reader.readexactly(length)
+                status = b"200 OK" if body == b"good" else b"429 Too Many"
+                writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n\r\nok")
+        writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    async with srv:
+        for client in CLIENTS:
+            good = await closed_loop(
+                base, lambda http, rng: http.post("/", content=b"good"), 1, 30, requests=5,
+                client=client,
+            )  # fmt: skip
+            assert (good.ok, dict(good.statuses), len(good.latencies)) == (5, {"200": 5}, 5)
+            bad = await closed_loop(
+                base, lambda http, rng: http.post("/", content=b"bad"), 1, 30, requests=2,
+                client=client,
+            )  # fmt: skip
+            assert (bad.ok, bad.errors, dict(bad.statuses)) == (0, 2, {"429": 2})
+    with pytest.raises(ValueError, match="client must be one of"):
+        await closed_loop(base, lambda http, rng: http.get("/"), 1, 1, client="curl")
 
 
 def test_the_peer_serves_multipart_images_through_onnxruntime(tmp_path: Path) -> None:
