@@ -281,7 +281,7 @@ def train(
         None,
         metavar="LATENT",
         help="continue a run from its committed latent file (*.latent.safetensors) in a new "
-        "--out; --minutes/--steps, when given, replace its budget",
+        "--out; --minutes/--steps, --targets and --map-weight, when given, replace its own",
     ),
 ) -> None:
     """Distil the EfficientNet-Lite0 teacher into the default binary extractor."""
@@ -304,8 +304,12 @@ def train(
                 budget = {"steps": steps, "minutes": None}
             elif minutes:
                 budget = {"minutes": minutes}
+            # a continuation may add the hint loss, from a store of the same views with maps
+            extra: dict[str, Any] = {"map_weight": map_weight} if map_weight else {}
+            if targets is not None:
+                extra["targets"] = str(targets)
             trainer = Trainer.from_latent(
-                continue_from, out, device=device, threads=threads, **budget
+                continue_from, out, device=device, threads=threads, **budget, **extra
             )
         else:
             if (out / "state.pt").exists():

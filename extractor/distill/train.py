@@ -254,7 +254,8 @@ class Trainer:
         trainer._set_stage()
         trainer.student.load_state_dict(states["student"])
         trainer.proj.load_state_dict(states["proj"])
-        trainer.map_proj.load_state_dict(states.get("map_proj", {}))
+        if "map_proj" in states:  # else a hint loss added on continuation starts afresh
+            trainer.map_proj.load_state_dict(states["map_proj"])
         trainer.images_seen = int(meta["images_seen"])
         trainer.history = list(meta["history"])
         trainer.baseline = meta["baseline"]

@@ -230,6 +230,19 @@ def test_the_hint_loss_trains_its_projections_and_continues_from_the_latent_file
         trainer.map_proj.state_dict().values(), again.map_proj.state_dict().values(), strict=True
     ):
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+    # a run without the hint loss may add it when continued, on a store of the same views
+    plain_run = Trainer(dataclasses.replace(run, out=tmp_path / "plain-run", map_weight=0.0))
+    assert len(plain_run.map_proj) == 0
+    plain_run.train_step()
+    plain_run.save()
+    hinted = Trainer.from_latent(
+        tmp_path / "plain-run" / f"run{LATENT_SUFFIX}",
+        tmp_path / "hinted",
+        targets=str(store.root),
+        map_weight=1.0,
+    )
+    assert len(hinted.map_proj) == 2 and hinted.step == 1
+    assert hinted.train_step()["map"] > 0
 
 
 def test_a_run_continues_from_its_small_latent_file(tmp_path: Path) -> None:
