@@ -274,6 +274,12 @@ def train(
     map_grid: int = typer.Option(
         4, min=1, help="grid the stage maps are pooled to, online (a store has its own)"
     ),
+    input_size: int | None = typer.Option(
+        None,
+        min=32,
+        help="the student's input side (default: the architecture's, 112); a target store's "
+        "views are resized to it, so at most the store's side is useful",
+    ),
     mix: float = typer.Option(
         0.8, help="share of online batches mixed (half mixup, half cutmix); 0 turns it off"
     ),
@@ -323,6 +329,7 @@ def train(
                 corpus=CorpusConfig(procedural_train=procedural, seed=seed),
                 targets=None if targets is None else str(targets), cos_weight=cos_weight,
                 map_weight=map_weight, map_grid=map_grid,
+                arch_overrides={} if input_size is None else {"input_size": input_size},
                 p_mixup=mix / 2, p_cutmix=mix / 2,
             )  # fmt: skip
             trainer = Trainer(cfg)

@@ -308,3 +308,21 @@ def test_the_committed_latent_file_continues_the_chain(latent: Path) -> None:
 
 def test_a_latent_file_is_committed() -> None:
     assert COMMITTED_LATENTS, "extractor/checkpoints/runs/ holds no run to continue"
+
+
+def test_cli_trains_a_student_of_another_input_size_with_the_hint_loss(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from extractor.checkpoint import load_checkpoint
+    from extractor.cli import app
+
+    cfg = dataclasses.replace(_targets(tmp_path, views=70), map_grid=2)
+    store = build_targets(cfg, tmp_path / "store", echo=lambda _: None)
+    args = ["train", "--out", str(tmp_path / "run"), "--targets", str(store.root)]
+    args += ["--steps", "1", "--batch", "2", "--threads", "1", "--stage1-real", "none"]
+    args += ["--input-size", "48", "--map-weight", "2", "--eval-minutes", "1000"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    loaded = load_checkpoint(tmp_path / "run" / "extractor.safetensors")
+    assert loaded.pretrained_cfg["input_size"][-1] == 48
+    assert "stage maps" in loaded.metadata["provenance"]["loss"]
