@@ -54,8 +54,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "load.md"
 HEADHUB = [sys.executable, "-m", "service.commands.cli"]  # the `headhub` console script
 CLIENT_WORDS = {
     "lean": "httpx's client on `extractor.transport.LeanTransport`, the plain asyncio + httptools "
-    "HTTP/1.1 exchange the API itself uses to call its extractor (`--client httpx`: httpx's own "
-    "transport, about 2-3 ms more client Python a request on these cores, profile.md, Round 3)",
+    "HTTP/1.1 exchange the API itself uses to call its extractor (`--client httpx` takes httpx's "
+    "own transport; profile.md, Round 3, compares the two)",
     "httpx": "httpx's own transport (`--client lean`, the default, is the API's own lean one)",
 }
 

@@ -16,8 +16,8 @@ from extractor.transport import LeanTransport
 
 # The load generator's HTTP client, the same for every target (API, extractor alone, peer):
 # "lean" is the plain asyncio + httptools exchange the API itself uses for its extractor hop
-# (`extractor.transport`), "httpx" httpx's own transport, ~2-3 ms more client Python a request on
-# the same cores as the servers (bench/results/profile.md, "Round 3").
+# (`extractor.transport`), "httpx" httpx's own transport, which leaves the servers less of the
+# cores they share with it under concurrency (bench/results/profile.md, "Round 3").
 CLIENTS = ("lean", "httpx")
 
 
