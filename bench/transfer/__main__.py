@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.transfer.datasets import Task, clipart_ood_task, clipart_task, fashion_mnist_task
+from bench.transfer.datasets import (
+    Task,
+    clipart_ood_task,
+    clipart_task,
+    fashion_mnist_task,
+    swapped,
+)
 from bench.transfer.features import TEACHER_CFG, extract
 from bench.transfer.scratch import predict_scores, train_from_scratch
 from extractor.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
@@ -277,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     log = lambda m: print(m, flush=True)  # noqa: E731
     builders = {
         "clipart_ood": clipart_ood_task,
+        "clipart_ood_swap": lambda: swapped(clipart_ood_task()),
         "clipart": clipart_task,
         "fashion_mnist": lambda: fashion_mnist_task(
             args.fmnist_per_class, args.test_limit, args.seed

@@ -66,3 +66,16 @@ def test_out_of_domain_gate_needs_the_ratio_the_margin_over_random_and_the_basel
     assert "does not meet" in gate_lines(ood, {**rows, "baseline_b_float": _row(0.65)})[-1]
     in_dist = Task("clipart", ["a", "b"], *[np.zeros(0)] * 4)  # type: ignore[arg-type]
     assert len(gate_lines(in_dist, rows)) == 1  # in-distribution rows are reported, not gated
+
+
+def test_the_swapped_fold_trains_on_the_test_half_and_keeps_the_domain() -> None:
+    from bench.transfer.datasets import swapped
+
+    xtr, xte = np.zeros((3, 2, 2, 3), np.uint8), np.ones((5, 2, 2, 3), np.uint8)
+    ytr, yte = np.array([0, 1, 0]), np.array([1, 1, 0, 0, 1])
+    task = Task("clipart_ood", ["a", "b"], xtr, ytr, xte, yte, out_of_domain=True)
+    other = swapped(task)
+    assert other.name == "clipart_ood_swap" and other.out_of_domain
+    assert other.x_train is xte and other.y_train is yte
+    assert other.x_test is xtr and other.y_test is ytr
+    assert "5 train / 3 test" in other.describe()
