@@ -475,10 +475,10 @@ class Trainer:
                 else:
                     eta = (1 - p) * (c.minutes or 0) * 60
                 stage = 1 if self.in_stage1() else 2
+                hint = f" map {avg['map']:.4f}" if len(self.map_proj) else ""
                 self._log(
                     f"step {self.step} ({100 * p:.1f}%) stage {stage} {ips:.1f} img/s "
-                    f"loss {avg['loss']:.4f} (kl {avg['kl']:.4f} cos {avg['cos']:.4f} "
-                    f"map {avg['map']:.4f}) "
+                    f"loss {avg['loss']:.4f} (kl {avg['kl']:.4f} cos {avg['cos']:.4f}{hint}) "
                     f"lr {avg['lr']:.2e} eta {eta / 60:.1f} min",
                     {
                         "kind": "train",
