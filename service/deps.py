@@ -125,7 +125,7 @@ ExtractorDep = Annotated[Any, Depends(get_extractor)]
 async def _predict_principal(request: Request) -> Principal:
     """`PredictDep` without a request session: the principal the body guard checked before the
     body (or, for a request it did not check, one short transaction of its own)."""
-    principal = getattr(request.state, "principal", None)
+    principal: Principal | None = getattr(request.state, "principal", None)
     if principal is None:
         from starlette.concurrency import run_in_threadpool
 

@@ -115,7 +115,8 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
         # A rule of our own (e.g. `control_characters`, service/text.py) keeps its own code.
-        code = first.get("type") if first.get("type") in OWN_VALIDATION_CODES else None
+        kind = str(first.get("type", ""))
+        code = kind if kind in OWN_VALIDATION_CODES else None
         return problem(
             422,
             "Unprocessable content",

@@ -357,16 +357,16 @@ class Trainer:
         hints = len(self.map_proj) > 0
         if self.store is not None:
             idx = torch.randint(len(self.store), (self.cfg.batch,), generator=self.gen)
-            x, tf, tl, tm = (
-                None if t is None else t.to(self.device) for t in self.store.batch(idx)
-            )
+            x, tf, tl, tm = self.store.batch(idx)
+            x, tf, tl = x.to(self.device), tf.to(self.device), tl.to(self.device)
+            tm = None if tm is None else tm.to(self.device)
         else:
             x = self._batch(self.gen)
             tf, tl, tm = self._teach(x, self.cfg.map_grid if hints else 0)
         sf, sl, sm = self._student(x, maps=hints)
         kl, cos = self._loss(sf, sl, tf, tl)
         loss = kl + self.cfg.cos_weight * cos
-        hint = self._map_loss(sm, tm) if hints else torch.zeros(())
+        hint = self._map_loss(sm, tm) if hints and tm is not None else torch.zeros(())
         loss = loss + self.cfg.map_weight * hint
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
