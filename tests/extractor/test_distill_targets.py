@@ -326,3 +326,24 @@ def test_cli_trains_a_student_of_another_input_size_with_the_hint_loss(tmp_path:
     loaded = load_checkpoint(tmp_path / "run" / "extractor.safetensors")
     assert loaded.pretrained_cfg["input_size"][-1] == 48
     assert "stage maps" in loaded.metadata["provenance"]["loss"]
+
+
+def test_the_hint_loss_also_runs_with_the_teacher_online(tmp_path: Path) -> None:
+    run = TrainConfig(
+        out=tmp_path / "online",
+        steps=4,
+        batch=4,
+        teacher_size=64,
+        arch_overrides=TINY_ARCH,
+        corpus=_corpus(tmp_path),
+        map_weight=1.0,
+        map_grid=2,
+        ckpt_minutes=1e9,
+        eval_minutes=1e9,
+        log_seconds=1e9,
+        threads=1,
+        stage1_real="none",
+    )
+    trainer = Trainer(run)
+    out = trainer.train_step()
+    assert len(trainer.map_proj) == 2 and 0 < out["map"] <= 2
