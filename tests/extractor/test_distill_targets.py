@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,6 +99,24 @@ def test_every_procedural_kind_appears_and_fractals_are_bounded() -> None:
         assert imgs[i].std() > 1.0, f"kind {list(KINDS)[i]} drew a flat image"
 
 
+def _run(tmp: Path, out: str, **kw: Any) -> TrainConfig:
+    """A tiny quiet run in `tmp / out`: the tiny student on the tiny corpus, one thread, one
+    stage, no evaluations, checkpoints or log lines on a timer; `kw` overrides."""
+    base: dict[str, Any] = dict(
+        out=tmp / out,
+        batch=4,
+        teacher_size=64,
+        arch_overrides=TINY_ARCH,
+        corpus=_corpus(tmp),
+        ckpt_minutes=1e9,
+        eval_minutes=1e9,
+        log_seconds=1e9,
+        threads=1,
+        stage1_real="none",
+    )
+    return TrainConfig(**{**base, **kw})
+
+
 def _targets(tmp: Path, views: int = 150) -> TargetConfig:
     return TargetConfig(views=views, teacher_size=64, store_side=24, threads=1, corpus=_corpus(tmp))
 
@@ -141,18 +160,13 @@ def test_target_store_continues_after_a_stop_with_identical_rows(tmp_path: Path)
 
 def test_training_on_a_target_store_never_runs_the_teacher(tmp_path: Path) -> None:
     store = build_targets(_targets(tmp_path), tmp_path / "store", echo=lambda _: None)
-    cfg = TrainConfig(
-        out=tmp_path / "run",
+    cfg = _run(
+        tmp_path,
+        "run",
         steps=3,
-        batch=4,
-        arch_overrides=TINY_ARCH,
-        corpus=_corpus(tmp_path, procedural_train=7),  # replaced by the store's corpus
+        teacher_size=128,  # replaced by the store's, as is the corpus
+        corpus=_corpus(tmp_path, procedural_train=7),
         targets=str(store.root),
-        ckpt_minutes=1e9,
-        eval_minutes=1e9,
-        log_seconds=1e9,
-        threads=1,
-        stage1_real="none",
     )
     trainer = Trainer(cfg)
     assert trainer.cfg.teacher_size == 64 and trainer.cfg.corpus.procedural_train == 20
@@ -201,20 +215,7 @@ def test_the_hint_loss_trains_its_projections_and_continues_from_the_latent_file
     plain = build_targets(_targets(tmp_path, views=70), tmp_path / "plain", echo=lambda _: None)
     cfg = dataclasses.replace(_targets(tmp_path, views=70), map_grid=2)
     store = build_targets(cfg, tmp_path / "maps", echo=lambda _: None)
-    run = TrainConfig(
-        out=tmp_path / "run",
-        steps=10,
-        batch=4,
-        arch_overrides=TINY_ARCH,
-        corpus=_corpus(tmp_path),
-        targets=str(plain.root),
-        map_weight=1.0,
-        ckpt_minutes=1e9,
-        eval_minutes=1e9,
-        log_seconds=1e9,
-        threads=1,
-        stage1_real="none",
-    )
+    run = _run(tmp_path, "run", steps=10, targets=str(plain.root), map_weight=1.0)
     with pytest.raises(DistillError, match="--map-grid"):
         Trainer(run)  # a store without maps cannot feed the hint loss
     trainer = Trainer(dataclasses.replace(run, targets=str(store.root)))
@@ -248,19 +249,7 @@ def test_the_hint_loss_trains_its_projections_and_continues_from_the_latent_file
 def test_a_run_continues_from_its_small_latent_file(tmp_path: Path) -> None:
     from extractor.distill.latent import LATENT_SUFFIX, load_latent
 
-    cfg = TrainConfig(
-        out=tmp_path / "first",
-        steps=6,
-        batch=4,
-        teacher_size=64,
-        arch_overrides=TINY_ARCH,
-        corpus=_corpus(tmp_path),
-        ckpt_minutes=1e9,
-        eval_minutes=1e9,
-        log_seconds=1e9,
-        threads=1,
-        stage1_real="none",
-    )
+    cfg = _run(tmp_path, "first", steps=6)
     first = Trainer(cfg)
     for _ in range(3):
         first.train_step()
@@ -329,21 +318,7 @@ def test_cli_trains_a_student_of_another_input_size_with_the_hint_loss(tmp_path:
 
 
 def test_the_hint_loss_also_runs_with_the_teacher_online(tmp_path: Path) -> None:
-    run = TrainConfig(
-        out=tmp_path / "online",
-        steps=4,
-        batch=4,
-        teacher_size=64,
-        arch_overrides=TINY_ARCH,
-        corpus=_corpus(tmp_path),
-        map_weight=1.0,
-        map_grid=2,
-        ckpt_minutes=1e9,
-        eval_minutes=1e9,
-        log_seconds=1e9,
-        threads=1,
-        stage1_real="none",
-    )
+    run = _run(tmp_path, "online", steps=4, map_weight=1.0, map_grid=2)
     trainer = Trainer(run)
     out = trainer.train_step()
     assert len(trainer.map_proj) == 2 and 0 < out["map"] <= 2
