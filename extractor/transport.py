@@ -117,14 +117,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self.max_response_bytes = max_response_bytes
         self._idle: dict[str, list[_Connection]] = {}  # per origin: the socket, or host:port
 
-    async def _connect(self, origin: str, timeout: float | None) -> _Connection:
+    async def _connect(self, url: httpx.URL, origin: str, timeout: float | None) -> _Connection:
         try:
             async with asyncio.timeout(timeout):
                 if self.uds is not None:
                     reader, writer = await asyncio.open_unix_connection(self.uds)
                 else:  # asyncio sets TCP_NODELAY itself
-                    host, _, port = origin.rpartition(":")
-                    reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+                    reader, writer = await asyncio.open_connection(url.host, url.port or 80)
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {origin} timed out") from None
         except OSError as exc:
@@ -160,7 +159,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         conn = self._reusable(origin)
         reused = conn is not None
         if conn is None:
-            conn = await self._connect(origin, timeouts.get("connect"))
+            conn = await self._connect(request.url, origin, timeouts.get("connect"))
         try:
             try:
                 answer = await self._exchange(conn, origin, head + body, timeouts)
@@ -168,7 +167,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 if not (reused and getattr(exc, "nothing_read", False)):
                     raise
                 conn.close()  # the server closed it while idle: once more on a new connection
-                conn = await self._connect(origin, timeouts.get("connect"))
+                conn = await self._connect(request.url, origin, timeouts.get("connect"))
                 answer = await self._exchange(conn, origin, head + body, timeouts)
         except BaseException:
             conn.close()
