@@ -34,15 +34,14 @@ READOUTS = {
 
 @torch.inference_mode()
 def stage_means(model: torch.nn.Module, images: np.ndarray, cfg: dict) -> dict[str, np.ndarray]:  # type: ignore[type-arg]
-    """Globally averaged maps after stages 2 and 3 and after the final BN + PReLU."""
+    """Globally averaged maps after stages 2 and 3, and the served features (the final map
+    averaged and centred per feature, which the readout's standardisation undoes)."""
     out: dict[str, list[torch.Tensor]] = {"s2": [], "s3": [], "final": []}
     for x in batches(images, cfg):
-        x = model.stem(x)  # type: ignore[operator]
-        for i, stage in enumerate(model.stages):  # type: ignore[union-attr, arg-type]
-            x = stage(x)
-            if i in (1, 2):
-                out[f"s{i + 1}"].append(x.mean((2, 3)))
-        out["final"].append(model.final(x).mean((2, 3)))  # type: ignore[operator]
+        features, maps = model.forward_maps(x)  # type: ignore[operator]
+        out["s2"].append(maps[1].mean((2, 3)))
+        out["s3"].append(maps[2].mean((2, 3)))
+        out["final"].append(features)
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
