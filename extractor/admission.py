@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -26,7 +26,7 @@ from starlette.requests import Request
 
 from extractor.imaging import ImageRejected, _open_allowed, load_tensor
 
-__all__ = ["ClientGone", "DecodeGate", "request_pixels", "until_disconnected"]
+__all__ = ["ClientGone", "DecodeGate", "InFlight", "request_pixels", "until_disconnected"]
 
 T = TypeVar("T")
 
@@ -56,6 +56,21 @@ def over_budget(files: Sequence[tuple[str, bytes]], total: int, budget: int) -> 
         413,
         "request_pixels_exceeded",
     )
+
+
+class InFlight:
+    """How many requests are inside a handler now (one event loop: a plain counter)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        self.n += 1
+        try:
+            yield
+        finally:
+            self.n -= 1
 
 
 class DecodeGate:

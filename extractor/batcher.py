@@ -76,8 +76,9 @@ def _resolve_all(pairs: list[tuple[_Item, np.ndarray | BaseException]]) -> None:
 class MicroBatcher:
     """Gathers single images from concurrent requests into batched calls of `forward`.
 
-    `forward` takes (B, 3, H, W) float32 and returns (B, D) float features; it runs only in the
-    inference thread, under `torch.inference_mode()`.
+    `forward` takes (B, 3, H, W) float32 and returns (B, D) float features; it runs in the
+    inference thread, or in the caller's for `run_now`, one call at a time, under
+    `torch.inference_mode()`.
     """
 
     def __init__(
@@ -105,10 +106,18 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._accepting = False
         self._thread: threading.Thread | None = None
+        self._taken = 0  # images the inference thread took and has not resolved yet
+        self._forward_lock = threading.Lock()  # one forward pass at a time, thread or caller
 
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """Accepting, nothing queued, running or announced: a forward pass now waits for no one
+        and delays no one (`run_now`)."""
+        return self.running and not self._queue and self._taken == 0 and self._announced <= 0
 
     @property
     def running(self) -> bool:
@@ -182,25 +191,37 @@ class MicroBatcher:
                 self._cond.wait(remaining)
             n = min(self.max_batch, len(self._queue))
             batch = [self._queue.popleft() for _ in range(n)]
+            self._taken = n
             self._on_depth(len(self._queue))
         return [it for it in batch if not it.future.done()]
 
+    def _forward_rows(self, x: Tensor) -> np.ndarray:
+        """(B, 3, H, W) -> (B, D) float32 rows, one forward pass at a time, timed as a batch."""
+        start = time.perf_counter()
+        with self._forward_lock, torch.inference_mode():
+            rows = self.forward(x).detach().to(torch.float32).cpu().numpy()
+        if rows.shape[0] != x.shape[0]:
+            raise RuntimeError(f"forward returned {rows.shape[0]} rows for {x.shape[0]}")
+        self._on_batch(x.shape[0], time.perf_counter() - start)
+        return rows
+
+    def run_now(self, x: Tensor) -> np.ndarray:
+        """Features of (B, 3, H, W) in the caller's thread, past the queue: for a request that
+        finds the batcher `idle`, where handing the work to the inference thread and back would
+        only add two thread wake-ups (bench/results/profile.md, Round 4)."""
+        if not self._accepting:
+            raise BatcherStopped("the extractor is shutting down")
+        return self._forward_rows(x)
+
     def _run(self) -> None:
-        with torch.inference_mode():
-            while (batch := self._take_batch()) is not None:
-                if not batch:
-                    continue
-                start = time.perf_counter()
-                try:
-                    feats = self.forward(torch.stack([it.x for it in batch]))
-                    rows = feats.detach().to(torch.float32).cpu().numpy()
-                    if rows.shape[0] != len(batch):
-                        raise RuntimeError(
-                            f"forward returned {rows.shape[0]} rows for {len(batch)}"
-                        )
-                except Exception as exc:
-                    log.exception("inference failed for a batch of %d", len(batch))
-                    _resolve_all([(it, exc) for it in batch])
-                    continue
-                self._on_batch(len(batch), time.perf_counter() - start)
-                _resolve_all(list(zip(batch, rows, strict=True)))
+        while (batch := self._take_batch()) is not None:
+            try:
+                if batch:
+                    rows = self._forward_rows(torch.stack([it.x for it in batch]))
+                    _resolve_all(list(zip(batch, rows, strict=True)))
+            except Exception as exc:
+                log.exception("inference failed for a batch of %d", len(batch))
+                _resolve_all([(it, exc) for it in batch])
+            finally:
+                with self._cond:
+                    self._taken = 0

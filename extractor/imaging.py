@@ -275,6 +275,26 @@ def load_tensor(
     return preprocess(img, pretrained_cfg)
 
 
+def decoded_pixels(
+    data: bytes,
+    filename: str,
+    pretrained_cfg: dict[str, Any],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> int:
+    """How many pixels `load_tensor` will decode (a JPEG at its reduced scale), from the header
+    alone; ImageRejected as `load_tensor` would for a bad header."""
+    img = _open_allowed(data, filename, max_pixels)
+    try:
+        if img.format in ("JPEG", "MPO"):
+            side = JPEG_DRAFT_FACTOR * _resize_side(pretrained_cfg)
+            img.draft(img.mode, (side, side))  # sets the size it would decode at; decodes nothing
+        width, height = img.size
+    finally:
+        img.close()
+    return int(width * height)
+
+
 def preprocess_batch(
     files: Sequence[tuple[str, bytes]],
     pretrained_cfg: dict[str, Any],

@@ -3,8 +3,10 @@
 `POST /v1/features[?extractor=<id>]` takes multipart `files` parts, or the same images framed as
 `application/x-headhub-images` (what the API and the worker send: no multipart parsing), and
 answers both feature forms in the binary wire format (`extractor.wire`). Decoding runs in a
-thread pool, a few images per hop, never on the event loop; one inference thread per network
-runs its forward passes, starting as soon as nothing more is on its way (`extractor.batcher`).
+thread pool, a few images per hop; one inference thread per network runs its forward passes,
+starting as soon as nothing more is on its way (`extractor.batcher`). The exception is a small
+one-image request alone in the process: it is decoded and run on the event loop, where the two
+thread hops would cost more than its few milliseconds of work (`INLINE_BYTES`, `INLINE_PIXELS`).
 The process serves its default checkpoint and every `<id>.safetensors` of its checkpoint
 directory (`extractor.catalog`); `GET /v1/info` describes the default, `GET /v1/extractors` all
 of them. Expected failures are problem+json 4xx/503.
@@ -12,6 +14,7 @@ of them. Expected failures are problem+json 4xx/503.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -30,6 +33,7 @@ from starlette.exceptions import HTTPException
 from extractor.admission import (
     ClientGone,
     DecodeGate,
+    InFlight,
     over_budget,
     request_pixels,
     until_disconnected,
@@ -37,7 +41,7 @@ from extractor.admission import (
 from extractor.batcher import BatcherStopped, MicroBatcher, QueueFull
 from extractor.catalog import Catalog, NotServed, Served
 from extractor.checkpoint import LoadedExtractor, load_checkpoint
-from extractor.imaging import DEFAULT_MAX_PIXELS, ImageRejected
+from extractor.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decoded_pixels, load_tensor
 from extractor.packing import pack_signs
 from extractor.prometheus import ExtractorMetrics
 from extractor.web.limits import BodySizeLimitMiddleware
@@ -55,6 +59,11 @@ from extractor.wire import (
 __all__ = ["create_app"]
 
 INLINE_HEADER_CHECKS = 4  # requests with this many images check their headers on the loop
+# A one-image request alone in the process is decoded and run on the event loop when its file
+# has at most INLINE_BYTES and decodes to at most INLINE_PIXELS (a JPEG at reduced scale): a few
+# milliseconds of the loop at most (bench/results/profile.md, Round 4).
+INLINE_BYTES = 512 * 1024
+INLINE_PIXELS = 300_000
 
 log = logging.getLogger("extractor.server")
 
@@ -110,6 +119,7 @@ def create_app(
     if decode_concurrency is None:
         decode_concurrency = int(os.environ.get("HEADHUB_EXTRACTOR_DECODE_CONCURRENCY", 2))
     gate = DecodeGate(decode_concurrency)
+    requests = InFlight()  # feature requests inside the handler, reading their body included
     loaded = checkpoint if isinstance(checkpoint, LoadedExtractor) else load_checkpoint(checkpoint)
     metrics = ExtractorMetrics()
 
@@ -197,6 +207,10 @@ def create_app(
     async def features(request: Request, extractor: str | None = None) -> Response:
         """Features of every `files` part, in order, as `application/x-headhub-features`, from
         the network `extractor` (an id; default: this process's default network)."""
+        with requests.entered():
+            return await _features(request, extractor)
+
+    async def _features(request: Request, extractor: str | None) -> Response:
         served = await find(extractor)
         if isinstance(served, JSONResponse):
             return served
@@ -252,17 +266,33 @@ def create_app(
                 raise
             return await batcher.submit(x, announced=n)
 
+        async def alone() -> bool:
+            """No other request in the handler or the batcher once every request that arrived
+            with this one had its turn to enter (their tasks may not have started yet)."""
+            if len(files) != 1 or len(files[0][1]) > INLINE_BYTES:
+                return False
+            name, data = files[0]
+            if decoded_pixels(data, name, cfg, max_pixels=max_pixels) > INLINE_PIXELS:
+                return False
+            await asyncio.sleep(0)
+            return requests.n == 1 and batcher.idle
+
         try:
-            floats = await until_disconnected(
-                request, work, metrics.rejected.labels(code="client_gone").inc
-            )
+            if await alone():
+                # Small and alone: decoded and run right here, where two worker-thread hops
+                # would cost more than the work and no other request waits for the loop or
+                # could share the batch (bench/results/profile.md, Round 4).
+                name, data = files[0]
+                floats = batcher.run_now(load_tensor(data, name, cfg, max_pixels=max_pixels)[None])
+            else:
+                floats = await until_disconnected(
+                    request, work, metrics.rejected.labels(code="client_gone").inc
+                )
         except ImageRejected as exc:
             return rejected(exc)
         except ClientGone:
             return Response(status_code=499)  # nobody is listening; nothing more was computed
-        except QueueFull as exc:
-            return busy(str(exc))
-        except BatcherStopped as exc:
+        except (QueueFull, BatcherStopped) as exc:
             return busy(str(exc))
         metrics.images_by_extractor.labels(extractor=served.id).inc(len(files))
         body = encode_features(FeatureBatch(served.id, floats, pack_signs(floats)))

@@ -156,3 +156,38 @@ async def test_withdrawn_images_are_not_waited_for() -> None:
         assert time.monotonic() - start < 1.5
     finally:
         batcher.stop()
+
+
+async def test_run_now_answers_in_the_callers_thread_only_what_an_idle_batcher_would() -> None:
+    release = threading.Event()
+    threads: list[str] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        threads.append(threading.current_thread().name)
+        release.wait(5)
+        return first_pixel(x)
+
+    batcher = MicroBatcher(forward, max_batch=4, max_wait_ms=0, eager=True)
+    assert not batcher.idle  # not started
+    batcher.start()
+    try:
+        assert batcher.idle
+        release.set()
+        assert batcher.run_now(images(2, 7))[:, 0].tolist() == [7, 8]
+        assert threads == [threading.current_thread().name]
+        batcher.announce(1)
+        assert not batcher.idle  # an image is on its way
+        batcher.withdraw(1)
+        release.clear()
+        pending = asyncio.ensure_future(batcher.submit(images(1)))
+        await asyncio.sleep(0.2)
+        assert not batcher.idle  # the inference thread is running a batch
+        release.set()
+        assert (await pending)[:, 0].tolist() == [0]
+        assert batcher.idle
+    finally:
+        release.set()
+        batcher.stop()
+    assert not batcher.idle
+    with pytest.raises(BatcherStopped):
+        batcher.run_now(images(1))

@@ -16,6 +16,7 @@ from PIL import Image
 from extractor.imaging import (
     ImageRejected,
     decode_image,
+    decoded_pixels,
     load_tensor,
     preprocess,
     preprocess_batch,
@@ -246,6 +247,18 @@ def test_a_jpeg_decodes_at_reduced_scale_never_below_the_side_asked_for(photo_jp
     assert decode_image(photo_jpeg, "big.jpg", min_side=600).size == (1024, 1024)
     png = encode(Image.open(io.BytesIO(photo_jpeg)), "PNG")  # other formats decode whole
     assert decode_image(png, "big.png", min_side=224).size == (1024, 1024)
+
+
+def test_decoded_pixels_are_what_load_tensor_decodes_read_from_the_header(
+    photo_jpeg: bytes,
+) -> None:
+    cfg = make_pretrained_cfg(112, crop_pct=1.0)
+    served = decode_image(photo_jpeg, "big.jpg", min_side=112)  # load_tensor's decode
+    assert decoded_pixels(photo_jpeg, "big.jpg", cfg) == served.width * served.height == 128 * 128
+    png = encode(Image.open(io.BytesIO(photo_jpeg)), "PNG")
+    assert decoded_pixels(png, "big.png", cfg) == 1024 * 1024
+    with pytest.raises(ImageRejected):
+        decoded_pixels(photo_jpeg, "big.jpg", cfg, max_pixels=1000)
 
 
 def test_the_served_input_of_a_jpeg_stays_that_of_the_full_decode(photo_jpeg: bytes) -> None:

@@ -111,6 +111,34 @@ async def test_32_concurrent_requests_are_answered_correctly_in_shared_batches(
     assert batch_count(app) - before < 32  # some requests shared a forward pass
 
 
+async def test_a_lone_small_request_runs_on_the_loop_and_others_go_through_the_queue(
+    client, loaded, monkeypatch
+) -> None:
+    """Same features either way; only a one-image request under `INLINE_PIXELS` that is alone
+    in the process skips the decoding and inference threads."""
+    import extractor.server as server
+    from extractor.batcher import MicroBatcher
+
+    calls: list[int] = []
+    run_now = MicroBatcher.run_now
+
+    def counted(self, x):  # type: ignore[no-untyped-def]
+        calls.append(x.shape[0])
+        return run_now(self, x)
+
+    monkeypatch.setattr(MicroBatcher, "run_now", counted)
+    floats, bits = expected(loaded, IMAGES[:2])
+    alone = decode_features((await post(client, IMAGES[:1])).content)
+    assert calls == [1]
+    assert np.array_equal(alone.bits, bits[:1])
+    np.testing.assert_allclose(alone.floats, floats[:1], rtol=1e-5, atol=1e-6)
+    assert (await post(client, IMAGES[:2])).status_code == 200  # two images: queued
+    await asyncio.gather(post(client, IMAGES[:1]), post(client, IMAGES[1:2]))  # not alone
+    monkeypatch.setattr(server, "INLINE_PIXELS", 48 * 40 - 1)  # one pixel too many
+    assert (await post(client, IMAGES[:1])).status_code == 200
+    assert calls == [1]
+
+
 @pytest.mark.parametrize(
     ("data", "status", "code"),
     [
@@ -120,8 +148,9 @@ async def test_32_concurrent_requests_are_answered_correctly_in_shared_batches(
         (png_declaring(20_000, 20_000), 413, "image_too_large"),
     ],
 )
-async def test_bad_image_is_a_problem_naming_the_file(client, data, status, code) -> None:
-    r = await post(client, [IMAGES[0], ("broken.png", data)])
+@pytest.mark.parametrize("alone", [False, True], ids=["with-another", "alone"])
+async def test_bad_image_is_a_problem_naming_the_file(client, data, status, code, alone) -> None:
+    r = await post(client, [("broken.png", data)] if alone else [IMAGES[0], ("broken.png", data)])
     assert r.status_code == status
     assert r.headers["content-type"] == "application/problem+json"
     body = r.json()
