@@ -47,7 +47,7 @@ from bench.load.generator import (
     multipart_sender,
     run_level,
 )
-from bench.load.ratios import cpu_facts, measures_table, ratio_table, ratios
+from bench.load.ratios import cpu_facts, floor_lines, measures_table, ratio_table, ratios
 from bench.load.scenario import COLOURS, Scenario, synthetic_png
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "load.md"
@@ -161,6 +161,30 @@ def photos() -> list[tuple[str, bytes]]:
 
 
 @contextmanager
+def _module_server(module: str, args: list[str], tmp: Path) -> Iterator[str]:
+    """`python -m module ... --port P` in its own process, until its /healthz answers."""
+    port = _free_port_pair()
+    name = module.rsplit(".", 1)[-1]
+    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(proc, f"{url}/healthz", 120, tmp / f"{name}.log")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@contextmanager
 def peer_server(tmp: Path) -> Iterator[str]:
     """bench/load/peer.py in its own uvicorn process: the teacher exported to ONNX now."""
     model = tmp / "peer.onnx"  # exported in a child, so torch.onnx leaves this process as it was
@@ -170,24 +194,13 @@ def peer_server(tmp: Path) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    port = _free_port_pair()
-    log = open(tmp / "peer.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.load.peer", "serve", str(model), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(proc, f"{url}/healthz", 120, tmp / "peer.log")
+    with _module_server("bench.load.peer", ["serve", str(model)], tmp) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+
+
+def relay_server(tmp: Path, extractor_url: str) -> contextlib.AbstractContextManager[str]:
+    """bench/load/relay.py in its own uvicorn process, relaying to `extractor_url`."""
+    return _module_server("bench.load.relay", ["--to", extractor_url], tmp)
 
 
 class InProcess:
@@ -240,6 +253,7 @@ def measure_ratios(
     owner_key: str,
     extractor_url: str,
     peer_url: str,
+    relay_url: str,
     refs: list[str],
     images: list[tuple[str, bytes]],
     *,
@@ -272,12 +286,13 @@ def measure_ratios(
         "api": (url, multipart_sender("/v1/predict", images, one), auth),
         "api8": (url, multipart_sender("/v1/predict", images, eight), auth),
         "peer": (peer_url, multipart_sender("/predict", images, {"top_k": "3"}), {}),
+        "relay": (relay_url, framed(1), {}),
     }
     big = {
         "ext32": (extractor_url, framed(32), {}),
         "api32": (url, multipart_sender("/v1/predict", images, one, n=32), auth),
     }
-    conc = ("ext", "api", "peer")
+    conc = ("ext", "api", "peer", "relay")
     inproc = InProcess()
     lat: dict[str, list[float]] = {k: [] for k in ["inproc_default", "inproc_1t", *targets]}
     ips: dict[str, list[float]] = {k: [] for k in big}
@@ -359,6 +374,8 @@ def report(rows: list[LevelResult], meta: dict[str, str], m: dict[str, float] | 
             "[profile.md](profile.md) (`python -m bench.load.profile`).",
             "",
             *ratio_table(ratios(m)),
+            "",
+            *floor_lines(m),
             "",
             *measures_table(m),
             "",
@@ -452,12 +469,14 @@ def run(
         with (
             tempfile.TemporaryDirectory(prefix="headhub-peer-") as tmp,
             peer_server(Path(tmp)) as peer_url,
+            relay_server(Path(tmp), extractor_url) as relay_url,
         ):
             m = measure_ratios(
                 url,
                 sc.owner_key,
                 extractor_url,
                 peer_url,
+                relay_url,
                 refs,
                 images,
                 rounds=2 if quick else 4,

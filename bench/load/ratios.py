@@ -32,6 +32,11 @@ MEASURES = {
     "peer_c8_rps": "peer, 8 concurrent single-image clients, requests/s",
     "peer_c8_p50": "peer, 8 clients, p50",
     "peer_c8_p95": "peer, 8 clients, p95",
+    "relay_p50": "relay (bench/load/relay.py: passes the framed body to the extractor, nothing "
+    "else), 1 image, sequential, p50",
+    "relay_c8_rps": "relay, 8 concurrent single-image clients, requests/s",
+    "relay_c8_p50": "relay, 8 clients, p50",
+    "relay_c8_p95": "relay, 8 clients, p95",
     "load_errors": "load table under a training job: requests that were not 200",
 }
 
@@ -73,6 +78,25 @@ def ratios(m: dict[str, float]) -> list[Ratio]:
         Ratio("API 8-client req/s / extractor alone", div("api_c8_rps", "ext_c8_rps"), 0.8, False),
         Ratio("API 8-client p95 / its p50", div("api_c8_p95", "api_c8_p50"), 3.0, True),
         Ratio("load table under training: errors", m.get("load_errors", math.nan), 0, True),
+    ]
+
+
+def floor_lines(m: dict[str, float]) -> list[str]:
+    """What a second process costs on this host whatever it does (the relay), beside the
+    API-over-extractor ratios it bounds."""
+
+    def div(a: str, b: str) -> str:
+        x, y = m.get(a, math.nan), m.get(b, math.nan)
+        return _fmt(x / y if y else math.nan)
+
+    return [
+        "The floor of any second process on this host, measured in the same rounds: a relay "
+        "(`bench/load/relay.py`, a bare ASGI app under uvicorn that passes the framed body to "
+        "the extractor through the API's own client transport, and nothing else) answers one "
+        f"image in {div('relay_p50', 'ext_p50')}x the extractor alone's p50 (the API's target: "
+        f"1.3) and serves {div('relay_c8_rps', 'ext_c8_rps')}x its requests/s under 8 clients "
+        "(target: 0.8). Whatever the API spends beyond the relay is its own work: keys, heads, "
+        "multipart, JSON.",
     ]
 
 

@@ -9,6 +9,7 @@ import io
 import math
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -35,6 +36,10 @@ MEASURED = {
     "peer_c8_rps": 50.0,
     "peer_c8_p50": 0.15,
     "peer_c8_p95": 0.3,
+    "relay_p50": 0.0055,
+    "relay_c8_rps": 140.0,
+    "relay_c8_p50": 0.055,
+    "relay_c8_p95": 0.1,
     "load_errors": 0.0,
 }
 
@@ -98,6 +103,53 @@ def test_the_report_holds_the_command_date_cpu_load_and_both_tables() -> None:
     for part in (meta["command"], meta["when"], meta["load"], model, isa, "| FAIL |", "| 1 | "):
         assert part in text
     assert "LeanTransport" in text  # which HTTP client measured every target
+    assert "in 1.1x the extractor alone's p50" in text and "serves 0.933x its" in text
+
+
+async def test_the_relay_passes_the_body_on_and_the_answer_back() -> None:
+    """bench/load/relay.py under uvicorn, in front of a stand-in extractor that echoes."""
+    import uvicorn
+
+    from bench.load.relay import create_app
+    from tests.fixtures.processes import free_port
+
+    seen: list[bytes] = []
+
+    async def extractor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                body = await reader.readexactly(length)
+                seen.append(head.split(b"\r\n")[0] + b" " + body)
+                answer = b"features of " + body
+                writer.write(b"HTTP/1.1 201 Created\r\ncontent-length: %d\r\n\r\n" % len(answer))
+                writer.write(answer)
+        writer.close()
+
+    srv = await asyncio.start_server(extractor, "127.0.0.1", 0)
+    port = free_port()
+    relay = uvicorn.Server(
+        uvicorn.Config(
+            create_app(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"),
+            port=port,
+            log_level="warning",
+        )
+    )
+    serving = asyncio.create_task(relay.serve())
+    try:
+        while not relay.started:
+            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            for body in (b"one", b"two"):
+                r = await client.post("/anything", content=body)
+                assert (r.status_code, r.content) == (201, b"features of " + body)
+    finally:
+        relay.should_exit = True
+        await serving
+        srv.close()
+    assert seen == [b"POST /v1/features HTTP/1.1 one", b"POST /v1/features HTTP/1.1 two"]
 
 
 async def test_the_load_generator_counts_answers_with_either_client() -> None:
