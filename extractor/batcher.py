@@ -115,9 +115,15 @@ class MicroBatcher:
 
     @property
     def idle(self) -> bool:
-        """Accepting, nothing queued, running or announced: a forward pass now waits for no one
-        and delays no one (`run_now`)."""
-        return self.running and not self._queue and self._taken == 0 and self._announced <= 0
+        """Eager, accepting, nothing queued, running or announced: a forward pass now waits for
+        no one and delays no one (`run_now`). A batcher that fills its batches never is."""
+        return (
+            self.eager
+            and self.running
+            and not self._queue
+            and self._taken == 0
+            and self._announced <= 0
+        )
 
     @property
     def running(self) -> bool:

@@ -191,3 +191,9 @@ async def test_run_now_answers_in_the_callers_thread_only_what_an_idle_batcher_w
     assert not batcher.idle
     with pytest.raises(BatcherStopped):
         batcher.run_now(images(1))
+    filling = MicroBatcher(first_pixel, max_batch=4, max_wait_ms=0, eager=False)
+    filling.start()
+    try:
+        assert not filling.idle  # told to wait for company: never skips the queue
+    finally:
+        filling.stop()
