@@ -59,8 +59,7 @@ def ratios(m: dict[str, float]) -> list[Ratio]:
     """The targets of the service path (bench/results/load.md), in order."""
 
     def div(a: str, b: str) -> float:
-        x, y = m.get(a, math.nan), m.get(b, math.nan)
-        return x / y if y else math.nan
+        return _div(m, a, b)
 
     per_head = (m.get("api8_p50", math.nan) - m.get("api_p50", math.nan)) / 7
     return [
@@ -86,8 +85,7 @@ def floor_lines(m: dict[str, float]) -> list[str]:
     API-over-extractor ratios it bounds."""
 
     def div(a: str, b: str) -> str:
-        x, y = m.get(a, math.nan), m.get(b, math.nan)
-        return _fmt(x / y if y else math.nan)
+        return _fmt(_div(m, a, b))
 
     return [
         "The floor of any second process on this host, measured in the same rounds: a relay "
@@ -98,6 +96,11 @@ def floor_lines(m: dict[str, float]) -> list[str]:
         "(target: 0.8). Whatever the API spends beyond the relay is its own work: keys, heads, "
         "multipart, JSON.",
     ]
+
+
+def _div(m: dict[str, float], a: str, b: str) -> float:
+    x, y = m.get(a, math.nan), m.get(b, math.nan)
+    return x / y if y else math.nan
 
 
 def _fmt(x: float) -> str:
