@@ -272,7 +272,12 @@ def create_app(
             if len(files) != 1 or len(files[0][1]) > INLINE_BYTES:
                 return False
             name, data = files[0]
-            if decoded_pixels(data, name, cfg, max_pixels=max_pixels) > INLINE_PIXELS:
+            # the declared size bounds the decoded one: read the header again only for a large
+            # JPEG that its reduced-scale decode may bring under the bound
+            if (
+                total > INLINE_PIXELS
+                and decoded_pixels(data, name, cfg, max_pixels=max_pixels) > INLINE_PIXELS
+            ):
                 return False
             await asyncio.sleep(0)
             return requests.n == 1 and batcher.idle
