@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import math
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -106,6 +107,16 @@ def test_the_report_holds_the_command_date_cpu_load_and_both_tables() -> None:
     assert "in 1.1x the extractor alone's p50" in text and "serves 0.933x its" in text
 
 
+async def _requests(reader: asyncio.StreamReader) -> AsyncIterator[tuple[bytes, bytes]]:
+    """(head, body) of each HTTP/1.1 request a test's stand-in server reads, until the client
+    closes: just enough HTTP for a Content-Length body."""
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            yield head, await reader.readexactly(length)
+
+
 async def test_the_relay_passes_the_body_on_and_the_answer_back() -> None:
     """bench/load/relay.py under uvicorn, in front of a stand-in extractor that echoes."""
     import uvicorn
@@ -116,15 +127,11 @@ async def test_the_relay_passes_the_body_on_and_the_answer_back() -> None:
     seen: list[bytes] = []
 
     async def extractor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                body = await reader.readexactly(length)
-                seen.append(head.split(b"\r\n")[0] + b" " + body)
-                answer = b"features of " + body
-                writer.write(b"HTTP/1.1 201 Created\r\ncontent-length: %d\r\n\r\n" % len(answer))
-                writer.write(answer)
+        async for head, body in _requests(reader):
+            seen.append(head.split(b"\r\n")[0] + b" " + body)
+            answer = b"features of " + body
+            writer.write(b"HTTP/1.1 201 Created\r\ncontent-length: %d\r\n\r\n" % len(answer))
+            writer.write(answer)
         writer.close()
 
     srv = await asyncio.start_server(extractor, "127.0.0.1", 0)
@@ -154,13 +161,9 @@ async def test_the_relay_passes_the_body_on_and_the_answer_back() -> None:
 
 async def test_the_load_generator_counts_answers_with_either_client() -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                body = await reader.readexactly(length)
-                status = b"200 OK" if body == b"good" else b"429 Too Many"
-                writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n\r\nok")
+        async for _, body in _requests(reader):
+            status = b"200 OK" if body == b"good" else b"429 Too Many"
+            writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n\r\nok")
         writer.close()
 
     srv = await asyncio.start_server(serve, "127.0.0.1", 0)
