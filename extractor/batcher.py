@@ -221,13 +221,15 @@ class MicroBatcher:
 
     def _run(self) -> None:
         while (batch := self._take_batch()) is not None:
+            outcome: list[tuple[_Item, np.ndarray | BaseException]] = []
             try:
                 if batch:
                     rows = self._forward_rows(torch.stack([it.x for it in batch]))
-                    _resolve_all(list(zip(batch, rows, strict=True)))
+                    outcome = list(zip(batch, rows, strict=True))
             except Exception as exc:
                 log.exception("inference failed for a batch of %d", len(batch))
-                _resolve_all([(it, exc) for it in batch])
+                outcome = [(it, exc) for it in batch]
             finally:
                 with self._cond:
-                    self._taken = 0
+                    self._taken = 0  # before any waiter wakes: it finds the batcher idle
+            _resolve_all(outcome)
